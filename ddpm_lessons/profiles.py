@@ -1,0 +1,101 @@
+"""Profiles: every size knob of the course in one frozen object.
+
+    tiny  tests and CI on 2 CPU cores: tracing, not training, dominates
+    cpu   the default without a GPU: the best result in about 30 minutes on 2 cores
+    gpu   the seed's scale: 64x64 images, a U-Net with attention at 16 and 8
+
+``get_profile()`` reads the environment variable ``DDPM_PROFILE``; without it, it picks
+``gpu`` when TensorFlow sees a GPU and ``cpu`` otherwise. Change one knob with
+``dataclasses.replace(profile, batch_size=16)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+ENV_VAR = "DDPM_PROFILE"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    # data
+    image_size: int            # images are resized to image_size x image_size
+    channels: int = 3
+    # diffusion
+    timesteps: int = 1000      # T; the same in every profile so lesson outputs match
+    schedule: str = "cosine"   # "linear" (Ho et al.) or "cosine" (Nichol & Dhariwal)
+    # U-Net
+    base_width: int = 32       # channels of the first level
+    channel_mults: tuple = (1, 2, 2)   # level i has base_width * channel_mults[i] channels
+    num_res_blocks: int = 1    # residual blocks per level
+    attention_resolutions: tuple = (8,)  # feature-map sizes that get self-attention
+    dropout: float = 0.0
+    groups: int = 8            # GroupNorm groups
+    # training
+    batch_size: int = 32
+    train_steps: int = 2000
+    learning_rate: float = 2e-3
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    checkpoint_every: int = 200
+    preview_every: int = 500
+    # sampling
+    sample_steps: int = 50     # steps of the fast sampler used for previews
+    num_samples: int = 64
+    # lesson 03 (2-D toy)
+    toy_train_steps: int = 3000
+    toy_width: int = 128
+    toy_num_samples: int = 4000
+
+    def __post_init__(self):
+        if self.image_size % (2 ** (len(self.channel_mults) - 1)):
+            raise ValueError(
+                f"profile {self.name!r}: image_size {self.image_size} cannot be halved "
+                f"{len(self.channel_mults) - 1} times (one per extra level of channel_mults)")
+
+    def replace(self, **changes) -> "Profile":
+        """A copy with some knobs changed (the dataclass is frozen)."""
+        return dataclasses.replace(self, **changes)
+
+
+PROFILES = {
+    "tiny": Profile(
+        name="tiny", image_size=16, base_width=16, channel_mults=(1, 2), num_res_blocks=1,
+        attention_resolutions=(8,), groups=4, batch_size=16, train_steps=30, learning_rate=1e-3,
+        warmup_steps=5, ema_decay=0.9, checkpoint_every=10, preview_every=20, sample_steps=10,
+        num_samples=16, toy_train_steps=300, toy_width=64, toy_num_samples=1000),
+    "cpu": Profile(
+        name="cpu", image_size=32, base_width=32, channel_mults=(1, 2, 3), num_res_blocks=1,
+        attention_resolutions=(8,), groups=8, batch_size=32, train_steps=2000,
+        learning_rate=2e-3, warmup_steps=200, ema_decay=0.995, checkpoint_every=200,
+        preview_every=500, sample_steps=50, num_samples=64),
+    "gpu": Profile(
+        name="gpu", image_size=64, base_width=64, channel_mults=(1, 2, 4, 8), num_res_blocks=2,
+        attention_resolutions=(16, 8), dropout=0.1, groups=8, batch_size=64, train_steps=50_000,
+        learning_rate=2e-4, warmup_steps=1000, ema_decay=0.999, checkpoint_every=1000,
+        preview_every=5000, sample_steps=50, num_samples=64, toy_train_steps=5000),
+}
+
+
+def gpu_available() -> bool:
+    """True when TensorFlow sees at least one GPU (imports TensorFlow lazily)."""
+    import tensorflow as tf
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The named profile; else ``$DDPM_PROFILE``; else ``gpu`` with a GPU, ``cpu`` without."""
+    source = "argument"
+    if name is None:
+        name, source = os.environ.get(ENV_VAR, "").strip() or None, f"${ENV_VAR}"
+    if name is None:
+        name = "gpu" if gpu_available() else "cpu"
+    key = name.strip().lower()
+    if key not in PROFILES:
+        raise ValueError(
+            f"unknown profile {name!r} (from {source}); "
+            f"valid profiles: {', '.join(PROFILES)}. Set e.g. {ENV_VAR}=cpu")
+    return PROFILES[key]

@@ -1,0 +1,74 @@
+"""Pictures for the lessons: image grids and schedule plots (the package's only matplotlib user).
+
+Images may be uint8 in [0, 255] or floats in [-1, 1] (the model's range); both are shown
+as uint8 after x -> round((x + 1) * 127.5) clipped to [0, 255].
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def to_uint8(images) -> np.ndarray:
+    """uint8 images from uint8 or [-1, 1] floats (TensorFlow tensors are accepted)."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images
+    return np.clip(np.round((images.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def image_grid(images, ncols: int = 8, pad: int = 1, pad_value: int = 255) -> np.ndarray:
+    """Tile (N, H, W, C) images into one (rows*(H+pad)-pad, cols*(W+pad)-pad, C) uint8 array."""
+    images = to_uint8(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    n, h, w, c = images.shape
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    grid = np.full((nrows * (h + pad) - pad, ncols * (w + pad) - pad, c), pad_value, np.uint8)
+    for i in range(n):
+        r, col = divmod(i, ncols)
+        grid[r * (h + pad):r * (h + pad) + h, col * (w + pad):col * (w + pad) + w] = images[i]
+    return grid[..., 0] if c == 1 else grid
+
+
+def show_images(images, ncols: int = 8, title: str | None = None, ax=None, size: float = 1.0):
+    """Show a grid of images; returns the matplotlib Axes."""
+    import matplotlib.pyplot as plt
+    grid = image_grid(images, ncols)
+    if ax is None:
+        n = len(images)
+        cols = max(1, min(ncols, n))
+        rows = -(-n // cols)
+        _, ax = plt.subplots(figsize=(size * cols, size * rows + (0.3 if title else 0)))
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def save_grid(path, images, ncols: int = 8) -> None:
+    """Write an image grid as a PNG file (no matplotlib needed)."""
+    from PIL import Image
+    Image.fromarray(image_grid(images, ncols)).save(path)
+
+
+def plot_schedules(schedules: dict, axes=None):
+    """alpha_bar_t, log-SNR and beta_t against t for a dict {label: NoiseSchedule}; returns axes."""
+    import matplotlib.pyplot as plt
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for label, s in schedules.items():
+        t = np.arange(1, s.T + 1)
+        axes[0].plot(t, s.alphas_cumprod, label=label)
+        axes[1].plot(t, s.log_snr(), label=label)
+        axes[2].plot(t, s.betas, label=label)
+    axes[0].set(title=r"$\bar\alpha_t$ (signal kept)", xlabel="t")
+    axes[1].set(title=r"log-SNR $= \log \bar\alpha_t / (1-\bar\alpha_t)$", xlabel="t")
+    axes[1].axhline(0, color="gray", lw=0.8, ls=":")
+    axes[2].set(title=r"$\beta_t$ (noise added per step)", xlabel="t", yscale="log")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    plt.tight_layout()
+    return axes

@@ -1,0 +1,47 @@
+"""Profiles: names, the environment variable, the GPU fallback, and the knobs' consistency."""
+import dataclasses
+
+import pytest
+
+from ddpm_lessons import profiles
+from ddpm_lessons.profiles import PROFILES, get_profile
+
+
+def test_named_profiles_and_env_var(monkeypatch):
+    assert set(PROFILES) == {"tiny", "cpu", "gpu"}
+    monkeypatch.setenv("DDPM_PROFILE", "tiny")
+    assert get_profile().name == "tiny"
+    monkeypatch.setenv("DDPM_PROFILE", " CPU ")
+    assert get_profile().name == "cpu", "names are trimmed and case-insensitive"
+    assert get_profile("gpu").name == "gpu", "an explicit name wins over the environment"
+
+
+@pytest.mark.parametrize("has_gpu, expected", [(True, "gpu"), (False, "cpu")])
+def test_without_env_var_the_device_decides(monkeypatch, has_gpu, expected):
+    monkeypatch.delenv("DDPM_PROFILE", raising=False)
+    monkeypatch.setattr(profiles, "gpu_available", lambda: has_gpu)
+    assert get_profile().name == expected
+
+
+def test_unknown_name_lists_the_valid_ones(monkeypatch):
+    monkeypatch.setenv("DDPM_PROFILE", "huge")
+    with pytest.raises(ValueError) as err:
+        get_profile()
+    msg = str(err.value)
+    assert "'huge'" in msg and "tiny, cpu, gpu" in msg and "DDPM_PROFILE" in msg
+
+
+def test_profiles_are_frozen_and_consistent():
+    p = PROFILES["cpu"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.batch_size = 1
+    assert p.replace(batch_size=8).batch_size == 8 and p.batch_size != 8
+    for prof in PROFILES.values():
+        levels = len(prof.channel_mults)
+        assert prof.image_size % 2 ** (levels - 1) == 0, prof.name
+        widths = [prof.base_width * m for m in prof.channel_mults]
+        assert all(w % prof.groups == 0 for w in widths), f"{prof.name}: GroupNorm groups must divide widths"
+        assert prof.timesteps == 1000, "T is the same in every profile so lesson outputs match"
+    assert PROFILES["tiny"].image_size < PROFILES["cpu"].image_size < PROFILES["gpu"].image_size == 64
+    with pytest.raises(ValueError, match="cannot be halved"):
+        p.replace(image_size=30, channel_mults=(1, 2, 2, 2))

@@ -1,0 +1,157 @@
+"""Lesson 06 — the U-Net that predicts the noise: eps_theta(x_t, t).
+
+Layout (Ho et al. 2020, ``diffusion_tf/models/unet.py``), with L = len(channel_mults) levels,
+level i at resolution image_size / 2^i with base_width * channel_mults[i] channels:
+
+    temb = TimeEmbedding(t)                                     (B, 4 * base_width)
+    h = conv3x3(x_t)                                            skips = [h]
+    down, level i:  num_res_blocks x [ResidualBlock (+ attention)]   push every output to skips
+                    then Downsample (not after the last level)      push its output too
+    middle:         ResidualBlock, attention, ResidualBlock
+    up, level i (L-1 .. 0):
+                    (num_res_blocks + 1) x [concat(h, skips.pop()) -> ResidualBlock (+ attention)]
+                    then Upsample (not after level 0)
+    eps = conv3x3_zero(swish(GroupNorm(h)))                     (B, H, W, C)
+
+Downsampling happens once per level boundary, decided by the level index only, so repeated
+multipliers such as (1, 2, 2, 2) still halve the resolution at every level. The final conv is
+zero-initialised (as in Ho et al.'s code): **a fresh U-Net predicts eps = 0 exactly**, so the
+first training loss is E[eps^2] = 1.
+
+Inputs: x_t (B, H, W, C) float32 and t (B,) int32. Output: (B, H, W, C) float32.
+Call it as ``model([x_t, t])`` with both tensors or both NumPy arrays (Keras refuses a mix).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+from keras import layers, ops
+
+from .attention import SelfAttention2D
+from .blocks import GN_EPSILON, Downsample, ResidualBlock, TimeEmbedding, Upsample
+
+UNET_KEYS = ("image_size", "channels", "base_width", "channel_mults", "num_res_blocks",
+             "attention_resolutions", "dropout", "groups")
+DEFAULTS = dict(image_size=32, channels=3, base_width=32, channel_mults=(1, 2, 2),
+                num_res_blocks=1, attention_resolutions=(8,), dropout=0.0, groups=8)
+
+
+def unet_config(profile_or_kwargs=None, **overrides) -> dict:
+    """The U-Net knobs as a plain dict, from a Profile, a dict, or None (-> ``get_profile()``).
+
+    Keys: image_size, channels, base_width, channel_mults, num_res_blocks,
+    attention_resolutions, dropout, groups (+ num_heads, mid_attention, scale_shift).
+    Extra keys in a dict or profile (batch size, ...) are ignored; ``overrides`` win.
+    """
+    if profile_or_kwargs is None:
+        from .profiles import get_profile
+        profile_or_kwargs = get_profile()
+    src = (dataclasses.asdict(profile_or_kwargs) if dataclasses.is_dataclass(profile_or_kwargs)
+           else dict(profile_or_kwargs))
+    cfg = {**DEFAULTS, "num_heads": 1, "mid_attention": True, "scale_shift": False}
+    cfg.update({k: v for k, v in src.items() if k in cfg})
+    unknown = set(overrides) - set(cfg)
+    if unknown:
+        raise ValueError(f"unknown U-Net option(s) {sorted(unknown)}; valid: {sorted(cfg)}")
+    cfg.update(overrides)
+    cfg["channel_mults"] = tuple(int(m) for m in cfg["channel_mults"])
+    cfg["attention_resolutions"] = tuple(int(r) for r in cfg["attention_resolutions"])
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg):
+    n_down = len(cfg["channel_mults"]) - 1
+    if not cfg["channel_mults"] or min(cfg["channel_mults"]) < 1:
+        raise ValueError(f"channel_mults must be positive integers, got {cfg['channel_mults']}")
+    if cfg["image_size"] % (2 ** n_down):
+        raise ValueError(f"image_size {cfg['image_size']} cannot be halved {n_down} times "
+                         f"(one per extra level of channel_mults={cfg['channel_mults']})")
+    if cfg["num_res_blocks"] < 1:
+        raise ValueError(f"num_res_blocks must be >= 1, got {cfg['num_res_blocks']}")
+    for m in cfg["channel_mults"]:
+        width = cfg["base_width"] * m
+        if width % cfg["groups"] or width % cfg["num_heads"]:
+            raise ValueError(f"level width {width} (= {cfg['base_width']} x {m}) must be divisible "
+                             f"by groups={cfg['groups']} and num_heads={cfg['num_heads']}")
+
+
+def level_table(profile_or_kwargs=None, **overrides) -> list[dict]:
+    """One row per level: level, resolution, channels, res_blocks (down/up), attention.
+
+    Pure arithmetic, no TensorFlow: what ``build_unet`` will build.
+    """
+    cfg = unet_config(profile_or_kwargs, **overrides)
+    rows = []
+    for i, m in enumerate(cfg["channel_mults"]):
+        res = cfg["image_size"] // 2 ** i
+        rows.append(dict(level=i, resolution=res, channels=cfg["base_width"] * m,
+                         res_blocks=f"{cfg['num_res_blocks']} down / {cfg['num_res_blocks'] + 1} up",
+                         attention=res in cfg["attention_resolutions"]))
+    last = rows[-1]
+    rows.append(dict(level="middle", resolution=last["resolution"], channels=last["channels"],
+                     res_blocks="2", attention=cfg["mid_attention"]))
+    return rows
+
+
+def build_unet(profile_or_kwargs=None, name: str = "unet", **overrides) -> keras.Model:
+    """A ``keras.Model`` mapping ``[x_t (B, H, W, C), t (B,)]`` to predicted noise (B, H, W, C).
+
+    ``profile_or_kwargs``: a Profile, a dict of U-Net knobs, or None for ``get_profile()``;
+    keyword ``overrides`` change single knobs (``build_unet(profile, base_width=64)``).
+    """
+    cfg = unet_config(profile_or_kwargs, **overrides)
+    size, width, mults = cfg["image_size"], cfg["base_width"], cfg["channel_mults"]
+    nrb, groups = cfg["num_res_blocks"], cfg["groups"]
+
+    def res_block(c, label):
+        return ResidualBlock(c, groups=groups, dropout=cfg["dropout"],
+                             scale_shift=cfg["scale_shift"], name=label)
+
+    def attention(label):
+        return SelfAttention2D(num_heads=cfg["num_heads"], groups=groups, name=label)
+
+    x_in = keras.Input((size, size, cfg["channels"]), name="x_t")
+    t_in = keras.Input((), dtype="int32", name="t")
+    temb = TimeEmbedding(width, 4 * width, name="time_embedding")(t_in)
+
+    h = layers.Conv2D(width, 3, padding="same", name="conv_in")(x_in)
+    skips = [h]
+    for i, m in enumerate(mults):                                   # down
+        res = size // 2 ** i
+        for j in range(nrb):
+            h = res_block(width * m, f"down{i}_res{j}")(h, temb)
+            if res in cfg["attention_resolutions"]:
+                h = attention(f"down{i}_attn{j}")(h)
+            skips.append(h)
+        if i < len(mults) - 1:
+            h = Downsample(width * m, name=f"down{i}_downsample")(h)
+            skips.append(h)
+
+    h = res_block(h.shape[-1], "mid_res0")(h, temb)                  # middle
+    if cfg["mid_attention"]:
+        h = attention("mid_attn")(h)
+    h = res_block(h.shape[-1], "mid_res1")(h, temb)
+
+    for i in reversed(range(len(mults))):                            # up
+        res = size // 2 ** i
+        for j in range(nrb + 1):
+            h = layers.Concatenate(name=f"up{i}_concat{j}")([h, skips.pop()])
+            h = res_block(width * mults[i], f"up{i}_res{j}")(h, temb)
+            if res in cfg["attention_resolutions"]:
+                h = attention(f"up{i}_attn{j}")(h)
+        if i > 0:
+            h = Upsample(width * mults[i], name=f"up{i}_upsample")(h)
+    assert not skips, "every skip connection must be used exactly once"
+
+    h = layers.GroupNormalization(groups, epsilon=GN_EPSILON, name="out_norm")(h)
+    h = layers.Activation("silu", name="out_swish")(h)
+    eps = layers.Conv2D(cfg["channels"], 3, padding="same", kernel_initializer="zeros",
+                        name="out_conv")(h)
+    return keras.Model([x_in, t_in], eps, name=name)
+
+
+def count_params(model) -> int:
+    """Number of trainable scalars."""
+    return int(sum(int(ops.size(w)) for w in model.trainable_weights))

@@ -72,3 +72,56 @@ def plot_schedules(schedules: dict, axes=None):
         ax.grid(alpha=0.3)
     plt.tight_layout()
     return axes
+
+
+class TrainingMonitor:
+    """A ``Trainer.fit`` callback for notebooks: a live loss plot, and a grid of samples from the
+    EMA network every ``preview_every`` steps (also saved as ``previews/step-NNNNNN.png``).
+
+    ``sample_fn(ema_model) -> images in [-1, 1]`` draws the preview (fixed seed: the grids are
+    comparable from one preview to the next). Each preview also prints one line, which is what
+    a headless run (``make train``) shows in the terminal.
+    """
+
+    def __init__(self, sample_fn, preview_every: int, plot_every: int = 50, save_dir=None, ncols=8):
+        from IPython.display import display
+        self.sample_fn, self.preview_every, self.plot_every = sample_fn, preview_every, plot_every
+        self.save_dir, self.ncols = save_dir, ncols
+        self.loss_view = display("(loss plot appears after the first steps)", display_id=True)
+        self.grid_view = display(f"(samples appear every {preview_every} steps)", display_id=True)
+
+    def _show(self, view, fig):
+        import matplotlib.pyplot as plt
+        view.update(fig)
+        plt.close(fig)
+
+    def plot_loss(self, trainer):
+        import matplotlib.pyplot as plt
+        h = trainer.history
+        fig, ax = plt.subplots(figsize=(6, 2.6))
+        ax.plot(h["step"], h["loss"], lw=1)
+        ax.set(xlabel="step", ylabel="loss", yscale="log", title=f"training loss, step {h['step'][-1]}")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        self._show(self.loss_view, fig)
+
+    def preview(self, trainer, step):
+        import matplotlib.pyplot as plt
+        images = self.sample_fn(trainer.ema_model)
+        if self.save_dir is not None:
+            from pathlib import Path
+            folder = Path(self.save_dir) / "previews"
+            folder.mkdir(parents=True, exist_ok=True)
+            save_grid(folder / f"step-{step:06d}.png", images, self.ncols)
+        n = len(images)
+        fig, ax = plt.subplots(figsize=(self.ncols * 0.8, -(-n // self.ncols) * 0.8 + 0.4))
+        show_images(images, self.ncols, title=f"EMA samples at step {step}", ax=ax)
+        self._show(self.grid_view, fig)
+        print(f"[preview] step {step}: samples drawn from the EMA weights", flush=True)
+
+    def __call__(self, trainer, logs):
+        step = logs["step"]
+        if step % self.plot_every == 0:
+            self.plot_loss(trainer)
+        if step % self.preview_every == 0:
+            self.preview(trainer, step)

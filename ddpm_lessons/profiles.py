@@ -42,8 +42,11 @@ class Profile:
     ema_decay: float = 0.995
     checkpoint_every: int = 200
     preview_every: int = 500
+    lesson_train_steps: int = 200  # the short demonstration run of lesson 07
     # sampling
+    sampler: str = "ddim"      # "ddim" (any steps, eta below) or "ddpm" (all T steps)
     sample_steps: int = 50     # steps of the fast sampler used for previews
+    sample_eta: float = 1.0    # DDIM noise: 1 = ancestral on a respaced schedule, 0 = deterministic
     num_samples: int = 64
     # lesson 03 (2-D toy)
     toy_train_steps: int = 3000
@@ -51,10 +54,29 @@ class Profile:
     toy_num_samples: int = 4000
 
     def __post_init__(self):
-        if self.image_size % (2 ** (len(self.channel_mults) - 1)):
-            raise ValueError(
-                f"profile {self.name!r}: image_size {self.image_size} cannot be halved "
-                f"{len(self.channel_mults) - 1} times (one per extra level of channel_mults)")
+        """Reject values that cannot work, with the knob's name, its value and what would."""
+        def need(ok, knob, rule):
+            if not ok:
+                raise ValueError(f"profile {self.name!r}: {knob} = {getattr(self, knob)!r} {rule}")
+        levels = len(self.channel_mults)
+        need(levels >= 1 and all(int(m) >= 1 for m in self.channel_mults), "channel_mults",
+             "must be one or more positive integers, e.g. (1, 2, 2)")
+        need(self.image_size >= 4 and self.image_size % 2 ** (levels - 1) == 0, "image_size",
+             f"cannot be halved {levels - 1} times (one per extra level of channel_mults="
+             f"{tuple(self.channel_mults)}); use a multiple of {2 ** (levels - 1)}")
+        for knob in ("base_width", "num_res_blocks", "groups", "batch_size", "train_steps",
+                     "checkpoint_every", "preview_every", "sample_steps", "num_samples", "timesteps"):
+            need(int(getattr(self, knob)) >= 1, knob, "must be a positive whole number")
+        need(all(self.base_width * m % self.groups == 0 for m in self.channel_mults), "groups",
+             f"must divide every level's width {[self.base_width * m for m in self.channel_mults]}")
+        need(self.learning_rate > 0 and self.learning_rate < 1, "learning_rate", "must lie in (0, 1), e.g. 2e-4")
+        need(self.warmup_steps >= 0, "warmup_steps", "must be 0 or more")
+        need(0 <= self.ema_decay < 1, "ema_decay", "must lie in [0, 1), e.g. 0.999")
+        need(0 <= self.dropout < 1, "dropout", "must lie in [0, 1)")
+        need(self.schedule in ("linear", "cosine"), "schedule", "must be 'linear' or 'cosine'")
+        need(self.sampler in ("ddim", "ddpm"), "sampler", "must be 'ddim' or 'ddpm'")
+        need(self.sample_steps <= self.timesteps, "sample_steps", f"must not exceed T = {self.timesteps}")
+        need(0 <= self.sample_eta <= 1, "sample_eta", "must lie in [0, 1]")
 
     def replace(self, **changes) -> "Profile":
         """A copy with some knobs changed (the dataclass is frozen)."""
@@ -65,7 +87,8 @@ PROFILES = {
     "tiny": Profile(
         name="tiny", image_size=16, base_width=16, channel_mults=(1, 2), num_res_blocks=1,
         attention_resolutions=(8,), groups=4, batch_size=16, train_steps=30, learning_rate=1e-3,
-        warmup_steps=5, ema_decay=0.9, checkpoint_every=10, preview_every=20, sample_steps=10,
+        warmup_steps=5, ema_decay=0.9, checkpoint_every=10, preview_every=20, lesson_train_steps=40,
+        sample_steps=10,
         num_samples=16, toy_train_steps=300, toy_width=64, toy_num_samples=1000),
     "cpu": Profile(
         name="cpu", image_size=32, base_width=32, channel_mults=(1, 2, 3, 4), num_res_blocks=1,
@@ -76,7 +99,7 @@ PROFILES = {
         name="gpu", image_size=64, base_width=64, channel_mults=(1, 2, 4, 8), num_res_blocks=2,
         attention_resolutions=(16, 8), dropout=0.1, groups=8, batch_size=64, train_steps=50_000,
         learning_rate=2e-4, warmup_steps=1000, ema_decay=0.999, checkpoint_every=1000,
-        preview_every=5000, sample_steps=50, num_samples=64, toy_train_steps=5000),
+        preview_every=5000, lesson_train_steps=2000, sample_steps=50, num_samples=64, toy_train_steps=5000),
 }
 
 

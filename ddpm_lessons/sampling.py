@@ -148,3 +148,175 @@ def ddpm_sample(eps_fn, shape, schedule: NoiseSchedule, seed=0, clip_x0=None,
     if not return_trajectory:
         return x0
     return x0, np.stack([snaps[int(s)] for s in return_trajectory])
+
+
+# ============================================================================ DDIM (lesson 08)
+#
+# DDIM (Song, Meng & Ermon 2021, eq. 12) walks a decreasing subsequence tau of the T timesteps.
+# From x_t to x_s (s < t, s = -1 meaning "x_0 itself", abar_{-1} = 1):
+#
+#     x0_hat  = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)        [clipped; eps recomputed from it]
+#     sigma   = eta * sqrt((1 - abar_s) / (1 - abar_t)) * sqrt(1 - abar_t / abar_s)        (eq. 16)
+#     x_s     = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps + sigma z
+#
+# eta = 0: deterministic ("DDIM"); eta = 1 with all T steps: sigma^2 = beta~_t and the step *is*
+# the DDPM posterior-variance step (Algorithm 2); eta = 1 on a subsequence is ancestral sampling
+# on the respaced schedule of Nichol & Dhariwal (2021).
+
+def timestep_sequence(T: int, num_steps: int) -> np.ndarray:
+    """``num_steps`` timesteps evenly spread over 0..T-1, decreasing: T-1, ..., 0 (0-based)."""
+    if not 1 <= num_steps <= T:
+        raise ValueError(f"num_steps must be between 1 and T={T}, got {num_steps}")
+    return np.unique(np.round(np.linspace(0, T - 1, num_steps)).astype(np.int32))[::-1].copy()
+
+
+def _abar_with_end(schedule: NoiseSchedule, dtype):
+    """alpha_bar as a (T + 1,) tensor whose last entry (index -1) is 1: the clean image."""
+    return tf.constant(np.append(schedule.alphas_cumprod, 1.0), dtype=dtype)
+
+
+def ddim_step(x_t, t, s, eps, schedule: NoiseSchedule, eta=0.0, noise=None, clip_x0=None):
+    """One DDIM step x_t -> x_s (Song et al. eq. 12). t, s: (B,) int, s < t, s = -1 for x_0.
+
+    Returns (x_s, x0_hat). ``noise`` z (shaped like x_t) is needed only when eta > 0.
+    """
+    x_t = tf.convert_to_tensor(x_t)
+    eps = tf.cast(eps, x_t.dtype)
+    abar = _abar_with_end(schedule, x_t.dtype)
+    shape = [-1] + [1] * (len(x_t.shape) - 1)
+    a_t = tf.reshape(tf.gather(abar, tf.cast(t, tf.int32)), shape)
+    s_index = tf.math.floormod(tf.cast(s, tf.int32), schedule.T + 1)  # -1 -> T: the appended 1.0
+    a_s = tf.reshape(tf.gather(abar, s_index), shape)
+    x0_hat = (x_t - tf.sqrt(1.0 - a_t) * eps) / tf.sqrt(a_t)
+    if clip_x0 is not None:
+        x0_hat = tf.clip_by_value(x0_hat, -clip_x0, clip_x0)
+        eps = (x_t - tf.sqrt(a_t) * x0_hat) / tf.sqrt(1.0 - a_t)     # the noise the clipped x0 implies
+    sigma = eta * tf.sqrt((1.0 - a_s) / (1.0 - a_t)) * tf.sqrt(1.0 - a_t / a_s)
+    x_s = tf.sqrt(a_s) * x0_hat + tf.sqrt(tf.maximum(1.0 - a_s - sigma ** 2, 0.0)) * eps
+    if noise is not None:
+        x_s = x_s + sigma * tf.cast(noise, x_t.dtype)
+    return x_s, x0_hat
+
+
+def make_ddim_loop(eps_fn, schedule: NoiseSchedule, eta=0.0, clip_x0=None, keep_trajectory=False):
+    """A compiled ``run(x, taus, seed)``: DDIM steps along the decreasing int32 tensor ``taus``.
+
+    One ``tf.while_loop``; taus, eta's noise seed and the batch are tensors, so one trace serves
+    every step count and seed. With ``keep_trajectory`` it also returns x_t and x0_hat before
+    every step, stacked: (K, B, ...) each.
+    """
+    key = ("ddim", eps_fn, id(schedule), float(eta), clip_x0, keep_trajectory)
+    cached = _LOOP_CACHE.get(key)
+    if cached is not None and cached[0] is schedule:
+        return cached[1]
+
+    @tf.function(reduce_retracing=True)
+    def run(x, taus, seed):
+        batch, k = tf.shape(x)[0], tf.shape(taus)[0]
+        prevs = tf.concat([taus[1:], [-1]], axis=0)
+        xs = tf.TensorArray(x.dtype, size=k if keep_trajectory else 0, dynamic_size=False)
+        x0s = tf.TensorArray(x.dtype, size=k if keep_trajectory else 0, dynamic_size=False)
+
+        def body(i, x, xs, x0s):
+            t, s = tf.fill([batch], taus[i]), tf.fill([batch], prevs[i])
+            eps = eps_fn(x, t)
+            z = (tf.random.stateless_normal(tf.shape(x), seed=_noise_seed(seed, taus[i]), dtype=x.dtype)
+                 if eta > 0 else None)
+            x_next, x0_hat = ddim_step(x, t, s, eps, schedule, eta=eta, noise=z, clip_x0=clip_x0)
+            if keep_trajectory:
+                xs, x0s = xs.write(i, x), x0s.write(i, x0_hat)
+            return i + 1, x_next, xs, x0s
+
+        _, x, xs, x0s = tf.while_loop(lambda i, *_: i < k, body, (0, x, xs, x0s),
+                                      maximum_iterations=schedule.T)
+        if keep_trajectory:
+            return x, xs.stack(), x0s.stack()
+        return x
+
+    if len(_LOOP_CACHE) >= _LOOP_CACHE_SIZE:
+        _LOOP_CACHE.pop(next(iter(_LOOP_CACHE)))
+    _LOOP_CACHE[key] = (schedule, run)
+    return run
+
+
+def ddim_sample(eps_fn, shape, schedule: NoiseSchedule, num_steps=50, eta=0.0, seed=0,
+                clip_x0=None, x_T=None, return_trajectory=False, dtype=tf.float32):
+    """DDIM sampling with ``num_steps`` network evaluations (Song et al. 2021).
+
+    eta = 0 is deterministic given x_T; eta = 1 is ancestral sampling on the respaced schedule.
+    x_T: optional starting noise (e.g. from ``ddim_invert``); else drawn from ``seed`` exactly
+    as ``ddpm_sample`` draws it, so both samplers start from the same x_T for the same seed.
+    Returns x_0 as NumPy (B, ...); with ``return_trajectory`` also (taus, x_t (K, B, ...),
+    x0_hat (K, B, ...)) before each step.
+    """
+    taus = tf.constant(timestep_sequence(schedule.T, num_steps), tf.int32)
+    seed_t = tf.constant(int(seed), tf.int32)
+    if x_T is None:
+        x_T = tf.random.stateless_normal(list(shape), seed=_noise_seed(seed_t, schedule.T), dtype=dtype)
+    run = make_ddim_loop(eps_fn, schedule, eta=eta, clip_x0=clip_x0, keep_trajectory=return_trajectory)
+    x_T = tf.cast(x_T, dtype)
+    with _quiet_tf_warnings():
+        # trace once for any batch size and step count (a later call with other sizes reuses it)
+        run.get_concrete_function(tf.TensorSpec([None] + x_T.shape[1:], dtype),
+                                  tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32))
+        out = run(x_T, taus, seed_t)
+    if not return_trajectory:
+        return out.numpy()
+    x0, xs, x0s = out
+    return x0.numpy(), (taus.numpy(), xs.numpy(), x0s.numpy())
+
+
+def ddim_invert(eps_fn, x0, schedule: NoiseSchedule, num_steps=50):
+    """Encode images into DDIM noise: the eta = 0 update run forwards, x_0 -> x_T (Song et al. Sec. 4.3).
+
+    From x_s to the next timestep t > s along the same subsequence that ``ddim_sample`` walks down:
+    x_t = sqrt(abar_t) x0_hat(x_s, s) + sqrt(1 - abar_t) eps(x_s, s). Decoding the result with
+    ``ddim_sample(..., eta=0, x_T=result)`` and the same ``num_steps`` gives back x_0 up to the
+    discretisation error (eps is evaluated at the start of each step, not at its end).
+    """
+    taus = timestep_sequence(schedule.T, num_steps)[::-1]             # increasing: 0, ..., T-1
+    abar = schedule.alphas_cumprod
+    x0 = tf.convert_to_tensor(x0)
+    steps = lambda t: tf.fill([tf.shape(x0)[0]], int(t))
+    a = abar[taus[0]]                                                  # x_0 -> x_{tau_0}: ~ the clean image
+    x = np.sqrt(a) * x0 + np.sqrt(1 - a) * tf.cast(eps_fn(np.sqrt(a) * x0, steps(taus[0])), x0.dtype)
+    for s, t in zip(taus[:-1], taus[1:]):
+        eps = tf.cast(eps_fn(x, steps(s)), x0.dtype)
+        x0_hat = (x - np.sqrt(1 - abar[s]) * eps) / np.sqrt(abar[s])
+        x = np.sqrt(abar[t]) * x0_hat + np.sqrt(1 - abar[t]) * eps
+    return x.numpy()
+
+
+_EPS_FNS: dict = {}
+
+
+def model_eps_fn(model):
+    """``eps_fn(x, t) = model([x, t], training=False)`` for a Keras U-Net; the same model gives
+    the same function object, so compiled sampling loops are reused, not re-traced."""
+    fn = _EPS_FNS.get(id(model))
+    if fn is None or fn[0] is not model:
+        fn = (model, lambda x, t: tf.cast(model([x, t], training=False), x.dtype))
+        _EPS_FNS[id(model)] = fn
+    return fn[1]
+
+
+def generate(model, schedule: NoiseSchedule, num_images: int, sampler="ddim", steps=50, eta=1.0,
+             seed=0, batch_size=64):
+    """Images in [-1, 1], (num_images, H, W, C), from a trained U-Net with x0_hat clipped to [-1, 1].
+
+    sampler "ddpm": Algorithm 2 with all T steps (posterior variance); "ddim": ``steps`` DDIM steps
+    with noise ``eta``. Drawn in batches of ``batch_size``; batch i uses seed ``seed + i``.
+    """
+    if sampler not in ("ddim", "ddpm"):
+        raise ValueError(f"unknown sampler {sampler!r}; choose 'ddim' or 'ddpm'")
+    eps_fn = model_eps_fn(model)
+    size, channels = model.input_shape[0][1], model.input_shape[0][3]
+    out = []
+    for i, start in enumerate(range(0, num_images, batch_size)):
+        shape = (min(batch_size, num_images - start), size, size, channels)
+        if sampler == "ddpm":
+            out.append(ddpm_sample(eps_fn, shape, schedule, seed=seed + i, clip_x0=1.0))
+        else:
+            out.append(ddim_sample(eps_fn, shape, schedule, num_steps=steps, eta=eta, seed=seed + i,
+                                   clip_x0=1.0))
+    return np.concatenate(out)

@@ -155,3 +155,8 @@ def build_unet(profile_or_kwargs=None, name: str = "unet", **overrides) -> keras
 def count_params(model) -> int:
     """Number of trainable scalars."""
     return int(sum(int(ops.size(w)) for w in model.trainable_weights))
+
+
+def load_unet(path) -> keras.Model:
+    """``keras.models.load_model`` for a saved U-Net (this module registers its custom layers)."""
+    return keras.models.load_model(path)

@@ -20,6 +20,23 @@ TF_NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} |To e
 MACHINE_PATH = re.compile(r"(/work/|/root/|/tmp/|/home/|/Users/)")
 
 
+def coalesce_streams(outputs: list) -> list:
+    """Merge consecutive stream outputs and keep what a terminal would show after each carriage
+    return, so a progress bar is stored as its final line, not as thousands of updates."""
+    merged = []
+    for out in outputs:
+        if (out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
+                and merged[-1]["name"] == out["name"]):
+            merged[-1]["text"] += out["text"]
+        else:
+            merged.append(out)
+    for out in merged:
+        if out.get("output_type") == "stream":
+            out["text"] = "\n".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line
+                                    for line in out["text"].split("\n"))
+    return merged
+
+
 def clean(path: Path) -> list[str]:
     nb = nbformat.read(path, as_version=4)
     problems = []
@@ -38,7 +55,7 @@ def clean(path: Path) -> list[str]:
             if MACHINE_PATH.search(text):
                 problems.append(f"{path.name} cell {i}: output shows a machine path")
             kept.append(out)
-        cell["outputs"] = kept
+        cell["outputs"] = coalesce_streams(kept)
     nbformat.write(nb, path)
     return problems
 

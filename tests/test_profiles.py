@@ -45,3 +45,34 @@ def test_profiles_are_frozen_and_consistent():
     assert PROFILES["tiny"].image_size < PROFILES["cpu"].image_size < PROFILES["gpu"].image_size == 64
     with pytest.raises(ValueError, match="cannot be halved"):
         p.replace(image_size=30, channel_mults=(1, 2, 2, 2))
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(learning_rate=-1e-3), "learning_rate = -0.001 must lie in (0, 1)"),
+    (dict(image_size=36), "cannot be halved 3 times"),
+    (dict(batch_size=0), "batch_size = 0 must be a positive whole number"),
+    (dict(ema_decay=1.0), "ema_decay = 1.0 must lie in [0, 1)"),
+    (dict(groups=7), "groups = 7 must divide every level's width"),
+    (dict(sample_steps=5000), "must not exceed T = 1000"),
+    (dict(sampler="euler"), "sampler = 'euler' must be 'ddim' or 'ddpm'"),
+])
+def test_bad_settings_name_the_knob_and_the_fix(change, words):
+    with pytest.raises(ValueError) as err:
+        PROFILES["cpu"].replace(**change)
+    assert words in str(err.value)
+
+
+def test_run_folder_resumes_the_newest_unfinished_run(tmp_path):
+    from ddpm_lessons.training import run_folder
+    first = run_folder(tmp_path)
+    assert run_folder(tmp_path) == first, "an unfinished run is continued"
+    (first / "finished.json").write_text("{}")
+    import time
+    time.sleep(1.1)
+    second = run_folder(tmp_path)
+    assert second != first and second.parent == tmp_path
+    time.sleep(1.1)
+    assert run_folder(tmp_path, fresh=True) not in (first, second), "fresh=True always starts a new run"
+    tiny = run_folder(tmp_path, tag="tiny")
+    assert tiny.name.endswith("-tiny") and run_folder(tmp_path, tag="cpu") != tiny, \
+        "a run of one profile is never continued by another"

@@ -1,0 +1,125 @@
+"""The training loop (lesson 07): learning, EMA arithmetic, exact resume, and the NaN guard."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ddpm_lessons.schedule import NoiseSchedule
+from ddpm_lessons.training import Trainer, TrainConfig, TrainingDiverged, WarmupSchedule, ema_decay_at
+from ddpm_lessons.unet import build_unet
+
+SMALL = dict(image_size=8, channels=3, base_width=8, channel_mults=(1, 2), num_res_blocks=1,
+             attention_resolutions=(), groups=4)
+SCHEDULE = NoiseSchedule.from_kind("cosine", 1000)
+
+
+def batch(seed=0, n=8):
+    """A fixed batch of smooth 'images' in [-1, 1] (a gradient plus a colour per image)."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(-1, 1, 8, dtype=np.float32)[None, :, None, None]
+    colour = rng.uniform(-0.5, 0.5, (n, 1, 1, 3)).astype(np.float32)
+    return tf.constant(np.clip(ramp * 0.5 + colour + 0 * np.zeros((n, 8, 8, 3), np.float32), -1, 1))
+
+
+def make_trainer(tmp=None, seed=0, **cfg):
+    tf.keras.utils.set_random_seed(seed)
+    config = TrainConfig(**{"learning_rate": 2e-3, "warmup_steps": 5, "ema_decay": 0.9,
+                            "checkpoint_every": 3, "jit_compile": False, "seed": seed, **cfg})
+    return Trainer(build_unet(SMALL), SCHEDULE, config, checkpoint_dir=tmp)
+
+
+def weights(model):
+    return [w.numpy().copy() for w in model.trainable_variables]
+
+
+def test_warmup_schedule_values():
+    lr = WarmupSchedule(1e-3, 10)
+    assert float(lr(0)) == pytest.approx(1e-4) and float(lr(4)) == pytest.approx(5e-4)
+    assert float(lr(9)) == pytest.approx(1e-3) and float(lr(500)) == pytest.approx(1e-3)
+
+
+def test_fresh_model_loss_is_one_and_training_lowers_it():
+    tr = make_trainer()
+    x = batch()
+    first = tr.train_step(x)
+    # the zero-initialised output conv predicts eps = 0, so the first loss is E[eps^2] = 1
+    assert first == pytest.approx(1.0, abs=0.1)
+    losses = [tr.train_step(x) for _ in range(60)]
+    assert np.mean(losses[-10:]) < 0.6, f"loss did not fall: last 10 mean {np.mean(losses[-10:]):.3f}"
+    assert int(tr.step.numpy()) == 61 and int(tr.optimizer.iterations.numpy()) == 61
+
+
+def test_ema_follows_its_recurrence():
+    tr = make_trainer(ema_decay=0.8)
+    x = batch(1)
+    expected = weights(tr.model)          # the EMA starts as a copy of the initial weights
+    assert all(np.array_equal(a, b) for a, b in zip(expected, weights(tr.ema_model)))
+    for n in range(7):
+        tr.train_step(x)
+        d = ema_decay_at(n, 0.8)
+        expected = [d * e + (1 - d) * w for e, w in zip(expected, weights(tr.model))]
+    for e, got, raw in zip(expected, weights(tr.ema_model), weights(tr.model)):
+        np.testing.assert_allclose(got, e, rtol=1e-4, atol=1e-6)
+    gap = max(np.abs(g - r).max() for g, r in zip(weights(tr.ema_model), weights(tr.model)))
+    assert gap > 1e-5, "after training steps the EMA must lag behind the raw weights"
+
+
+def test_resume_continues_exactly(tmp_path):
+    x = batch(2)
+    straight = make_trainer(seed=3)
+    for _ in range(8):
+        straight.train_step(x)
+
+    first = make_trainer(tmp_path, seed=3)
+    ds = tf.data.Dataset.from_tensors(x)
+    first.fit(ds, total_steps=6, progress=False)          # checkpoints at 3 and 6
+    assert first.manager.latest_checkpoint.endswith("ckpt-6")
+    del first
+
+    resumed = make_trainer(tmp_path, seed=99)               # a different seed: state must come from disk
+    assert resumed.restore() == 6
+    assert int(resumed.optimizer.iterations.numpy()) == 6
+    assert resumed.history["step"][-1] == 6
+    resumed.fit(ds, total_steps=8, progress=False)
+    for a, b in zip(weights(straight.model), weights(resumed.model)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(weights(straight.ema_model), weights(resumed.ema_model)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path):
+    tr = make_trainer(tmp_path)
+    tr.fit(tf.data.Dataset.from_tensors(batch(3)), total_steps=3, progress=False)
+    good = weights(tr.model)
+    poisoned = batch(4).numpy()
+    poisoned[0, 0, 0, 0] = np.nan
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 4.*ckpt-3.*learning_rate"):
+        tr.fit(tf.data.Dataset.from_tensors(tf.constant(poisoned)), total_steps=10, progress=False)
+    assert tr.manager.latest_checkpoint.endswith("ckpt-3"), "nothing may be saved after a NaN"
+
+    again = make_trainer(tmp_path, seed=5)
+    assert again.restore() == 3
+    for a, b in zip(good, weights(again.model)):
+        assert np.all(np.isfinite(b))
+        np.testing.assert_array_equal(a, b)
+
+
+def test_loss_by_timestep_buckets_cover_every_step():
+    tr = make_trainer()
+    for _ in range(5):
+        tr.train_step(batch(5))
+    edges, mean = tr.loss_by_timestep()
+    assert edges[0] == 0 and edges[-1] == 1000 and len(mean) == 10
+    assert tr.bucket_count.sum() == 5 * 8, "every example's loss lands in one bucket"
+
+
+def test_two_trainers_cannot_share_a_checkpoint_folder(tmp_path):
+    import subprocess, sys
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "lock").write_text(str(sleeper.pid))        # a living process holds the folder
+        with pytest.raises(RuntimeError, match="another process is training"):
+            make_trainer(tmp_path)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert make_trainer(tmp_path).checkpoint_dir == tmp_path, "a dead holder's lock is taken over"

@@ -92,7 +92,7 @@ PROFILES = {
         num_samples=16, toy_train_steps=300, toy_width=64, toy_num_samples=1000),
     "cpu": Profile(
         name="cpu", image_size=32, base_width=32, channel_mults=(1, 2, 3, 4), num_res_blocks=1,
-        attention_resolutions=(16, 8), groups=8, batch_size=32, train_steps=2000,
+        attention_resolutions=(16, 8), groups=8, batch_size=32, train_steps=3000,
         learning_rate=2e-3, warmup_steps=200, ema_decay=0.995, checkpoint_every=200,
         preview_every=500, sample_steps=50, num_samples=64),
     "gpu": Profile(

@@ -85,6 +85,18 @@ _LOOP_CACHE: dict = {}
 _LOOP_CACHE_SIZE = 8
 
 
+def _cached_loop(key, schedule, run):
+    """The loop already stored under ``key`` for this very schedule object (it keeps its traces),
+    else ``run``, stored; the oldest is dropped when more than ``_LOOP_CACHE_SIZE`` are kept."""
+    cached = _LOOP_CACHE.get(key)
+    if cached is not None and cached[0] is schedule:
+        return cached[1]
+    if len(_LOOP_CACHE) >= _LOOP_CACHE_SIZE:
+        _LOOP_CACHE.pop(next(iter(_LOOP_CACHE)))
+    _LOOP_CACHE[key] = (schedule, run)
+    return run
+
+
 def make_ddpm_loop(eps_fn, schedule: NoiseSchedule, clip_x0=None, variance="posterior"):
     """A compiled ``run(x, t_hi, t_lo, seed)`` taking x_{t_hi} to x_{t_lo} (paper indices).
 
@@ -95,9 +107,6 @@ def make_ddpm_loop(eps_fn, schedule: NoiseSchedule, clip_x0=None, variance="post
     without tracing again.
     """
     key = (eps_fn, id(schedule), clip_x0, variance)
-    cached = _LOOP_CACHE.get(key)
-    if cached is not None and cached[0] is schedule:
-        return cached[1]
 
     @tf.function(reduce_retracing=True)
     def run(x, t_hi, t_lo, seed):
@@ -113,10 +122,7 @@ def make_ddpm_loop(eps_fn, schedule: NoiseSchedule, clip_x0=None, variance="post
                              maximum_iterations=schedule.T)
         return x
 
-    if len(_LOOP_CACHE) >= _LOOP_CACHE_SIZE:
-        _LOOP_CACHE.pop(next(iter(_LOOP_CACHE)))
-    _LOOP_CACHE[key] = (schedule, run)
-    return run
+    return _cached_loop(key, schedule, run)
 
 
 def ddpm_sample(eps_fn, shape, schedule: NoiseSchedule, seed=0, clip_x0=None,
@@ -206,9 +212,6 @@ def make_ddim_loop(eps_fn, schedule: NoiseSchedule, eta=0.0, clip_x0=None, keep_
     every step, stacked: (K, B, ...) each.
     """
     key = ("ddim", eps_fn, id(schedule), float(eta), clip_x0, keep_trajectory)
-    cached = _LOOP_CACHE.get(key)
-    if cached is not None and cached[0] is schedule:
-        return cached[1]
 
     @tf.function(reduce_retracing=True)
     def run(x, taus, seed):
@@ -233,10 +236,7 @@ def make_ddim_loop(eps_fn, schedule: NoiseSchedule, eta=0.0, clip_x0=None, keep_
             return x, xs.stack(), x0s.stack()
         return x
 
-    if len(_LOOP_CACHE) >= _LOOP_CACHE_SIZE:
-        _LOOP_CACHE.pop(next(iter(_LOOP_CACHE)))
-    _LOOP_CACHE[key] = (schedule, run)
-    return run
+    return _cached_loop(key, schedule, run)
 
 
 def ddim_sample(eps_fn, shape, schedule: NoiseSchedule, num_steps=50, eta=0.0, seed=0,

@@ -44,7 +44,7 @@ class Profile:
     preview_every: int = 500
     lesson_train_steps: int = 200  # the short demonstration run of lesson 07
     # sampling
-    sampler: str = "ddim"      # "ddim" (any steps, eta below) or "ddpm" (all T steps)
+    sampler: str = "ddim"      # "ddim" (any steps, eta below), "dpm++2m" or "ddpm" (all T steps)
     sample_steps: int = 50     # steps of the fast sampler used for previews
     sample_eta: float = 1.0    # DDIM noise: 1 = ancestral on a respaced schedule, 0 = deterministic
     num_samples: int = 64
@@ -74,7 +74,7 @@ class Profile:
         need(0 <= self.ema_decay < 1, "ema_decay", "must lie in [0, 1), e.g. 0.999")
         need(0 <= self.dropout < 1, "dropout", "must lie in [0, 1)")
         need(self.schedule in ("linear", "cosine"), "schedule", "must be 'linear' or 'cosine'")
-        need(self.sampler in ("ddim", "ddpm"), "sampler", "must be 'ddim' or 'ddpm'")
+        need(self.sampler in ("ddim", "ddpm", "dpm++2m"), "sampler", "must be 'ddim', 'dpm++2m' or 'ddpm'")
         need(self.sample_steps <= self.timesteps, "sample_steps", f"must not exceed T = {self.timesteps}")
         need(0 <= self.sample_eta <= 1, "sample_eta", "must lie in [0, 1]")
 

@@ -287,6 +287,108 @@ def ddim_invert(eps_fn, x0, schedule: NoiseSchedule, num_steps=50):
     return x.numpy()
 
 
+# ============================================================================ DPM-Solver++(2M)
+#
+# Lu et al. 2022 ("DPM-Solver++", Algorithm 2): a second-order multistep solver of the
+# probability-flow ODE written for the data prediction x0_hat. With alpha = sqrt(abar),
+# sigma = sqrt(1 - abar) and lambda = log(alpha / sigma), from x_t to x_s along tau:
+#
+#     h      = lambda_s - lambda_t,  r = h_prev / h
+#     D      = (1 + 1/(2r)) x0_hat(x_t) - 1/(2r) x0_hat(previous step)     (first step: D = x0_hat)
+#     x_s    = (sigma_s / sigma_t) x_t + alpha_s (1 - e^{-h}) D
+#
+# With D = x0_hat the step is exactly deterministic DDIM; the correction D uses the x0_hat of
+# the step before at no extra network evaluation. The last step (to x_0, sigma = 0) is first
+# order ("lower order final"), so it returns x0_hat.
+
+def dpmpp2m_coefficients(schedule: NoiseSchedule, taus) -> tuple:
+    """Per-step (c_x, c_d, w) for x_s = c_x x_t + c_d ((1 + w) x0_hat - w x0_prev), as float64
+    NumPy arrays of the length of ``taus`` (decreasing 0-based timesteps; the last step goes to x_0)."""
+    taus = np.asarray(taus)
+    ab = np.append(schedule.alphas_cumprod.astype(np.float64), 1.0)
+    t, s = taus, np.append(taus[1:], -1)
+    alpha_t, sigma_t = np.sqrt(ab[t]), np.sqrt(1 - ab[t])
+    alpha_s, sigma_s = np.sqrt(ab[s]), np.sqrt(1 - ab[s])
+    c_x = sigma_s / sigma_t
+    c_d = alpha_s - alpha_t * sigma_s / sigma_t            # alpha_s (1 - e^{-h}), e^{-h} = alpha_t sigma_s / (sigma_t alpha_s)
+    with np.errstate(divide="ignore"):
+        lam = lambda a, b: np.log(a) - np.log(b)
+        h = lam(alpha_s, sigma_s) - lam(alpha_t, sigma_t)   # inf on the last step (sigma_s = 0)
+    w = np.zeros(len(taus))
+    inner = np.arange(1, len(taus) - 1)                    # not the first step, not the last
+    w[inner] = h[inner] / (2 * h[inner - 1])               # 1 / (2 r), r = h_prev / h
+    return c_x, c_d, w
+
+
+def make_dpmpp2m_loop(eps_fn, schedule: NoiseSchedule, clip_x0=None):
+    """A compiled ``run(x, taus, c_x, c_d, w)``: DPM-Solver++(2M) along ``taus`` (one trace for
+    every step count; the coefficients come from ``dpmpp2m_coefficients``)."""
+    key = ("dpmpp2m", eps_fn, id(schedule), clip_x0)
+    abar = tf.constant(schedule.alphas_cumprod, tf.float32)
+
+    @tf.function(reduce_retracing=True)
+    def run(x, taus, c_x, c_d, w):
+        batch, k = tf.shape(x)[0], tf.shape(taus)[0]
+
+        def body(i, x, x0_prev):
+            t = tf.fill([batch], taus[i])
+            eps = tf.cast(eps_fn(x, t), x.dtype)
+            a_t = tf.cast(tf.gather(abar, taus[i]), x.dtype)
+            x0_hat = (x - tf.sqrt(1.0 - a_t) * eps) / tf.sqrt(a_t)
+            if clip_x0 is not None:
+                x0_hat = tf.clip_by_value(x0_hat, -clip_x0, clip_x0)
+            wi = tf.cast(w[i], x.dtype)
+            d = (1.0 + wi) * x0_hat - wi * x0_prev
+            x_next = tf.cast(c_x[i], x.dtype) * x + tf.cast(c_d[i], x.dtype) * d
+            return i + 1, x_next, x0_hat
+
+        _, x, _ = tf.while_loop(lambda i, *_: i < k, body, (0, x, tf.zeros_like(x)),
+                                maximum_iterations=schedule.T)
+        return x
+
+    return _cached_loop(key, schedule, run)
+
+
+def dpmpp2m_sample(eps_fn, shape, schedule: NoiseSchedule, num_steps=20, seed=0, clip_x0=None,
+                   x_T=None, dtype=tf.float32):
+    """DPM-Solver++(2M) with ``num_steps`` network evaluations; deterministic given x_T, which is
+    drawn from ``seed`` exactly as ``ddpm_sample`` and ``ddim_sample`` draw it. Returns NumPy (B, ...)."""
+    taus = timestep_sequence(schedule.T, num_steps)
+    c_x, c_d, w = (tf.constant(c, tf.float32) for c in dpmpp2m_coefficients(schedule, taus))
+    if x_T is None:
+        x_T = tf.random.stateless_normal(list(shape), seed=_noise_seed(tf.constant(int(seed)), schedule.T),
+                                         dtype=dtype)
+    x_T = tf.cast(x_T, dtype)
+    run = make_dpmpp2m_loop(eps_fn, schedule, clip_x0=clip_x0)
+    vec = tf.TensorSpec([None], tf.float32)
+    with _quiet_tf_warnings():
+        run.get_concrete_function(tf.TensorSpec([None] + x_T.shape[1:], dtype),
+                                  tf.TensorSpec([None], tf.int32), vec, vec, vec)
+        return run(x_T, tf.constant(taus, tf.int32), c_x, c_d, w).numpy()
+
+
+# ============================================================================ one entry point
+
+SAMPLERS = ("ddpm", "ddim", "dpm++2m")
+
+
+def sample(eps_fn, shape, schedule: NoiseSchedule, sampler="ddim", steps=50, eta=1.0, seed=0,
+           clip_x0=None):
+    """x_0 (NumPy, ``shape``) from any sampler of this module, from the same x_T for the same seed.
+
+    "ddpm": Algorithm 2, all T steps (``steps`` is ignored); "ddim": ``steps`` DDIM steps with
+    noise ``eta`` (eta = 1: ancestral sampling on the respaced schedule, Nichol & Dhariwal);
+    "dpm++2m": DPM-Solver++(2M), ``steps`` network evaluations, deterministic.
+    """
+    if sampler == "ddpm":
+        return ddpm_sample(eps_fn, shape, schedule, seed=seed, clip_x0=clip_x0)
+    if sampler == "ddim":
+        return ddim_sample(eps_fn, shape, schedule, num_steps=steps, eta=eta, seed=seed, clip_x0=clip_x0)
+    if sampler == "dpm++2m":
+        return dpmpp2m_sample(eps_fn, shape, schedule, num_steps=steps, seed=seed, clip_x0=clip_x0)
+    raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+
+
 _EPS_FNS: dict = {}
 
 
@@ -304,19 +406,16 @@ def generate(model, schedule: NoiseSchedule, num_images: int, sampler="ddim", st
              seed=0, batch_size=64):
     """Images in [-1, 1], (num_images, H, W, C), from a trained U-Net with x0_hat clipped to [-1, 1].
 
-    sampler "ddpm": Algorithm 2 with all T steps (posterior variance); "ddim": ``steps`` DDIM steps
-    with noise ``eta``. Drawn in batches of ``batch_size``; batch i uses seed ``seed + i``.
+    sampler: one of ``SAMPLERS`` (see ``sample``). Drawn in batches of ``batch_size``; batch i
+    uses seed ``seed + i``.
     """
-    if sampler not in ("ddim", "ddpm"):
-        raise ValueError(f"unknown sampler {sampler!r}; choose 'ddim' or 'ddpm'")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
     eps_fn = model_eps_fn(model)
     size, channels = model.input_shape[0][1], model.input_shape[0][3]
     out = []
     for i, start in enumerate(range(0, num_images, batch_size)):
         shape = (min(batch_size, num_images - start), size, size, channels)
-        if sampler == "ddpm":
-            out.append(ddpm_sample(eps_fn, shape, schedule, seed=seed + i, clip_x0=1.0))
-        else:
-            out.append(ddim_sample(eps_fn, shape, schedule, num_steps=steps, eta=eta, seed=seed + i,
-                                   clip_x0=1.0))
+        out.append(sample(eps_fn, shape, schedule, sampler=sampler, steps=steps, eta=eta, seed=seed + i,
+                          clip_x0=1.0))
     return np.concatenate(out)

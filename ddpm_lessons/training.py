@@ -49,9 +49,10 @@ class TrainConfig:
 
     @classmethod
     def from_profile(cls, profile, **changes) -> "TrainConfig":
-        """The training knobs of a ``Profile`` (learning rate, warm-up, clip, EMA, checkpoints)."""
+        """The training knobs of a ``Profile`` (learning rate, warm-up, clip, EMA, checkpoints);
+        ``changes`` override them."""
         keys = ("learning_rate", "warmup_steps", "grad_clip", "ema_decay", "checkpoint_every")
-        return cls(**{k: getattr(profile, k) for k in keys}, **changes)
+        return cls(**{**{k: getattr(profile, k) for k in keys}, **changes})
 
 
 @keras.saving.register_keras_serializable(package="ddpm_lessons")

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ddpm_lessons.sampling import (ddim_invert, ddim_sample, ddim_step, ddpm_sample, make_ddim_loop,
-                                   model_eps_fn, p_mean_variance, timestep_sequence)
+from ddpm_lessons.sampling import (SAMPLERS, ddim_invert, ddim_sample, ddim_step, ddpm_sample,
+                                   dpmpp2m_coefficients, dpmpp2m_sample, make_ddim_loop, model_eps_fn,
+                                   p_mean_variance, sample, timestep_sequence)
 from ddpm_lessons.schedule import NoiseSchedule
 from ddpm_lessons.toy import default_mixture, mixture_eps_fn, sliced_wasserstein
 
@@ -127,3 +128,83 @@ def test_image_sampling_shapes_range_and_one_trace():
     assert xs.shape == x0s.shape == (10, 2, 8, 8, 3) and len(taus) == 10
     x_ddpm = ddpm_sample(eps_fn, (2, 8, 8, 3), COSINE, clip_x0=1.0)
     assert np.all(np.abs(x_ddpm) <= 1)
+
+
+def test_ddim_eta1_on_a_subsequence_is_the_respaced_posterior_step():
+    """Nichol & Dhariwal respacing: betas' = 1 - abar_t / abar_s along tau; DDIM with eta = 1 is the
+    posterior-variance ancestral step of that respaced schedule."""
+    rng = np.random.default_rng(1)
+    taus = timestep_sequence(1000, 20)
+    t, s = taus[:-1], taus[1:]
+    ab = COSINE.alphas_cumprod
+    beta = 1 - ab[t] / ab[s]
+    x_t, eps, z = (rng.standard_normal((len(t), 5)) for _ in range(3))
+    x0 = (x_t - np.sqrt(1 - ab[t])[:, None] * eps) / np.sqrt(ab[t])[:, None]
+    c1 = np.sqrt(ab[s]) * beta / (1 - ab[t])                      # eq. 7 with the respaced betas
+    c2 = np.sqrt(1 - beta) * (1 - ab[s]) / (1 - ab[t])
+    var = beta * (1 - ab[s]) / (1 - ab[t])
+    want = c1[:, None] * x0 + c2[:, None] * x_t + np.sqrt(var)[:, None] * z
+    got, _ = ddim_step(tf.constant(x_t), tf.constant(t), tf.constant(s), tf.constant(eps), COSINE,
+                       eta=1.0, noise=tf.constant(z))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
+def test_dpmpp2m_without_its_correction_is_ddim():
+    """Two steps are both first order (the first has no history, the last goes to x_0): DDIM."""
+    c_x, c_d, w = dpmpp2m_coefficients(COSINE, timestep_sequence(1000, 2))
+    assert np.all(w == 0) and c_x[-1] == 0 and c_d[-1] == 1
+    eps_fn = gaussian_eps(COSINE, 0.5)
+    x_T = np.random.default_rng(4).standard_normal((64, 3)).astype(np.float32)
+    a = dpmpp2m_sample(eps_fn, x_T.shape, COSINE, num_steps=2, x_T=x_T)
+    b = ddim_sample(eps_fn, x_T.shape, COSINE, num_steps=2, eta=0.0, x_T=x_T)
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)   # float32: x0_hat divides by sqrt(abar_999) ~ 5e-5
+
+
+@pytest.mark.parametrize("schedule", [LINEAR, COSINE], ids=["linear", "cosine"])
+def test_deterministic_samplers_converge_at_their_order(schedule):
+    """For N(0, s^2) pixels the probability-flow ODE is solved exactly by
+    x_0 = s x_T / sqrt(abar_T s^2 + 1 - abar_T). Doubling the steps halves DDIM's error (first
+    order) and quarters DPM-Solver++(2M)'s (second order)."""
+    s = 0.5
+    eps_fn = gaussian_eps(schedule, s)
+    x_T = np.random.default_rng(0).standard_normal((256, 4)).astype(np.float32)
+    ab = schedule.alphas_cumprod[-1]
+    exact = s * x_T / np.sqrt(ab * s * s + 1 - ab)
+    err = lambda x: float(np.sqrt(np.mean((x - exact) ** 2)))
+    ddim = [err(ddim_sample(eps_fn, x_T.shape, schedule, num_steps=n, eta=0.0, x_T=x_T)) for n in (80, 160)]
+    dpm = [err(dpmpp2m_sample(eps_fn, x_T.shape, schedule, num_steps=n, x_T=x_T)) for n in (80, 160)]
+    assert 1.7 < ddim[0] / ddim[1] < 2.3, f"DDIM errors at 80/160 steps: {ddim}"
+    assert 3.2 < dpm[0] / dpm[1] < 4.8, f"DPM-Solver++(2M) errors at 80/160 steps: {dpm}"
+    assert dpm[1] < ddim[1] / 2
+
+
+@pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 1.0), ("dpm++2m", 0.0)])
+def test_all_T_steps_reach_the_mixture_like_ddpm(sampler, eta):
+    """With the exact score of lesson 03's Gaussian mixture and all T steps, every sampler draws
+    from the mixture: as close to it (sliced Wasserstein) as the reference DDPM sampler is."""
+    mixture = default_mixture()
+    eps_fn = mixture_eps_fn(mixture, COSINE)
+    target = mixture.sample(3000, seed=7)
+    floor = sliced_wasserstein(mixture.sample(3000, seed=5), mixture.sample(3000, seed=6))
+    ddpm = sliced_wasserstein(ddpm_sample(eps_fn, (3000, 2), COSINE, seed=2), target)
+    x = sample(eps_fn, (3000, 2), COSINE, sampler=sampler, steps=1000, eta=eta, seed=1)
+    d = sliced_wasserstein(x, target)
+    assert ddpm < 2 * floor and d < 2 * floor + 0.02, f"{sampler}: {d:.4f}, DDPM {ddpm:.4f}, floor {floor:.4f}"
+    # a broken sampler is caught: the same check on a 1-step DDIM fails
+    assert sliced_wasserstein(sample(eps_fn, (3000, 2), COSINE, "ddim", steps=1, eta=0.0), target) > 3 * floor
+
+
+def test_every_sampler_gives_finite_images_in_range_for_every_step_count():
+    from ddpm_lessons.unet import build_unet
+    model = build_unet(dict(image_size=8, base_width=8, channel_mults=(1, 2), attention_resolutions=(),
+                            groups=4))
+    w = model.get_layer("out_conv")
+    w.kernel.assign(tf.random.normal(w.kernel.shape, stddev=2.0, seed=2))   # a wild predictor
+    eps_fn = model_eps_fn(model)
+    for sampler in SAMPLERS:
+        for steps in ([1000] if sampler == "ddpm" else [1, 2, 3, 10, 50, 1000]):
+            x = sample(eps_fn, (2, 8, 8, 3), COSINE, sampler=sampler, steps=steps, eta=1.0, seed=3, clip_x0=1.0)
+            assert x.shape == (2, 8, 8, 3) and np.all(np.isfinite(x)), f"{sampler}-{steps}"
+            assert x.min() >= -1 and x.max() <= 1, f"{sampler}-{steps}: range [{x.min():.3f}, {x.max():.3f}]"
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sample(eps_fn, (2, 8, 8, 3), COSINE, sampler="euler")

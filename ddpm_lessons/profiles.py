@@ -33,6 +33,7 @@ class Profile:
     attention_resolutions: tuple = (8,)  # feature-map sizes that get self-attention
     dropout: float = 0.0
     groups: int = 8            # GroupNorm groups
+    mixed_precision: bool = False  # float16 compute, float32 weights (GPU only: slower on a CPU)
     # training
     batch_size: int = 32
     train_steps: int = 2000
@@ -97,7 +98,8 @@ PROFILES = {
         preview_every=500, sample_steps=50, num_samples=64),
     "gpu": Profile(
         name="gpu", image_size=64, base_width=64, channel_mults=(1, 2, 4, 8), num_res_blocks=2,
-        attention_resolutions=(16, 8), dropout=0.1, groups=8, batch_size=64, train_steps=50_000,
+        attention_resolutions=(16, 8), dropout=0.1, groups=8, mixed_precision=True, batch_size=64,
+        train_steps=50_000,
         learning_rate=2e-4, warmup_steps=1000, ema_decay=0.999, checkpoint_every=1000,
         preview_every=5000, lesson_train_steps=2000, sample_steps=50, num_samples=64, toy_train_steps=5000),
 }

@@ -32,16 +32,17 @@ from .attention import SelfAttention2D
 from .blocks import GN_EPSILON, Downsample, ResidualBlock, TimeEmbedding, Upsample
 
 UNET_KEYS = ("image_size", "channels", "base_width", "channel_mults", "num_res_blocks",
-             "attention_resolutions", "dropout", "groups")
+             "attention_resolutions", "dropout", "groups", "mixed_precision")
 DEFAULTS = dict(image_size=32, channels=3, base_width=32, channel_mults=(1, 2, 2),
-                num_res_blocks=1, attention_resolutions=(8,), dropout=0.0, groups=8)
+                num_res_blocks=1, attention_resolutions=(8,), dropout=0.0, groups=8,
+                mixed_precision=False)
 
 
 def unet_config(profile_or_kwargs=None, **overrides) -> dict:
     """The U-Net knobs as a plain dict, from a Profile, a dict, or None (-> ``get_profile()``).
 
     Keys: image_size, channels, base_width, channel_mults, num_res_blocks,
-    attention_resolutions, dropout, groups (+ num_heads, mid_attention, scale_shift).
+    attention_resolutions, dropout, groups, mixed_precision (+ num_heads, mid_attention, scale_shift).
     Extra keys in a dict or profile (batch size, ...) are ignored; ``overrides`` win.
     """
     if profile_or_kwargs is None:
@@ -100,8 +101,21 @@ def build_unet(profile_or_kwargs=None, name: str = "unet", **overrides) -> keras
 
     ``profile_or_kwargs``: a Profile, a dict of U-Net knobs, or None for ``get_profile()``;
     keyword ``overrides`` change single knobs (``build_unet(profile, base_width=64)``).
+    With ``mixed_precision`` the layers compute in float16 (weights stay float32, Keras's
+    "mixed_float16" policy); the output layer stays float32.
     """
     cfg = unet_config(profile_or_kwargs, **overrides)
+    if cfg["mixed_precision"]:
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("mixed_float16")
+        try:
+            return _build(cfg, name)
+        finally:
+            keras.config.set_dtype_policy(previous)
+    return _build(cfg, name)
+
+
+def _build(cfg, name):
     size, width, mults = cfg["image_size"], cfg["base_width"], cfg["channel_mults"]
     nrb, groups = cfg["num_res_blocks"], cfg["groups"]
 
@@ -148,7 +162,7 @@ def build_unet(profile_or_kwargs=None, name: str = "unet", **overrides) -> keras
     h = layers.GroupNormalization(groups, epsilon=GN_EPSILON, name="out_norm")(h)
     h = layers.Activation("silu", name="out_swish")(h)
     eps = layers.Conv2D(cfg["channels"], 3, padding="same", kernel_initializer="zeros",
-                        name="out_conv")(h)
+                        dtype="float32", name="out_conv")(h)
     return keras.Model([x_in, t_in], eps, name=name)
 
 

@@ -54,7 +54,7 @@ def test_profiles_are_frozen_and_consistent():
     (dict(ema_decay=1.0), "ema_decay = 1.0 must lie in [0, 1)"),
     (dict(groups=7), "groups = 7 must divide every level's width"),
     (dict(sample_steps=5000), "must not exceed T = 1000"),
-    (dict(sampler="euler"), "sampler = 'euler' must be 'ddim' or 'ddpm'"),
+    (dict(sampler="euler"), "sampler = 'euler' must be 'ddim', 'dpm++2m' or 'ddpm'"),
 ])
 def test_bad_settings_name_the_knob_and_the_fix(change, words):
     with pytest.raises(ValueError) as err:

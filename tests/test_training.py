@@ -123,3 +123,27 @@ def test_two_trainers_cannot_share_a_checkpoint_folder(tmp_path):
         sleeper.kill()
         sleeper.wait()
     assert make_trainer(tmp_path).checkpoint_dir == tmp_path, "a dead holder's lock is taken over"
+
+
+def test_mixed_precision_trains_with_loss_scaling_and_restores_the_policy():
+    """The gpu profile's float16 compute, checked on small shapes on the CPU: layers compute in
+    float16 with float32 weights, the output is float32, the loss is scaled, training works."""
+    import keras
+    from ddpm_lessons.profiles import PROFILES
+    assert PROFILES["gpu"].mixed_precision and not PROFILES["cpu"].mixed_precision
+    tf.keras.utils.set_random_seed(0)
+    model = build_unet({**SMALL, "mixed_precision": True})
+    assert keras.config.dtype_policy().name == "float32", "build_unet must restore the global policy"
+    assert model.get_layer("conv_in").compute_dtype == "float16"
+    assert all(w.dtype == "float32" for w in model.trainable_variables)
+    x = batch()
+    out = model([x, tf.zeros([8], tf.int32)])
+    assert out.dtype == tf.float32
+    trainer = Trainer(model, SCHEDULE, TrainConfig(learning_rate=2e-3, warmup_steps=5, ema_decay=0.9,
+                                                   jit_compile=False))
+    assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert trainer.ema_model.get_layer("conv_in").compute_dtype == "float16"
+    losses = [trainer.train_step(x) for _ in range(40)]
+    assert np.all(np.isfinite(losses)) and np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5]), losses
+    # the weights moved (a skipped step, from a loss scale that overflowed forever, would not move them)
+    assert not np.allclose(trainer.model.get_layer("out_conv").kernel.numpy(), 0)

@@ -2,7 +2,8 @@
 #   make train           set up .venv if needed, train end to end on the shipped data (lesson 09,
 #                        headless); running it again continues the newest unfinished run
 #                        PROFILE=tiny|cpu|gpu picks the size, FRESH=1 starts a new run,
-#                        STEPS=N changes the number of steps, INIT=reference starts from the shipped weights
+#                        STEPS=N changes the number of steps, INIT=reference starts from the shipped weights,
+#                        RUNS=dir keeps run folders somewhere else than runs/
 #   make test            set up .venv if needed, run the unit tests and every notebook (tiny profile)
 #   make lab             set up .venv if needed, open JupyterLab at the course
 #   make test-gpu        the notebooks at full size (DDPM_PROFILE=gpu), on a machine with a GPU
@@ -19,6 +20,7 @@ PROFILE ?=
 FRESH ?= 0
 STEPS ?= 0
 INIT ?=
+RUNS ?= runs
 
 .PHONY: setup train test test-unit test-gpu lab notebooks clean
 
@@ -36,9 +38,10 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	@run=$$(DDPM_PROFILE=$(PROFILE) $(BIN)/python -c "from ddpm_lessons.training import run_folder; \
 	from ddpm_lessons.profiles import get_profile; \
-	print(run_folder('runs', fresh=$(FRESH) == 1, tag=get_profile().name))") && echo "run folder: $$run" && \
+	print(run_folder('$(RUNS)', fresh=$(FRESH) == 1, tag=get_profile().name))") && echo "run folder: $$run" && \
 	DDPM_PROFILE=$(PROFILE) $(BIN)/papermill notebooks/09_full_training.ipynb $$run/09_full_training.ipynb \
-	  --cwd notebooks --log-output --no-progress-bar -p run_dir ../$$run -p train_steps $(STEPS) -p init_from "$(INIT)"
+	  --cwd notebooks --log-output --no-progress-bar -p run_dir "$$(cd $$run && pwd)" -p train_steps $(STEPS) \
+	  -p init_from "$(INIT)"
 
 # One pytest call runs the unit tests and every notebook (nbval costs ~4 s per call).
 test: $(STAMP)

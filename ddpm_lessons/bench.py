@@ -1,0 +1,449 @@
+"""How close do training and sampling come to this machine's limit?  ``python -m ddpm_lessons.bench``
+
+What is measured, and how:
+
+    limit        float32 matmul GFLOP/s (n x n times n x n, n = 512/1024/2048, 2 n^3 FLOPs, inside a
+                 tf.function, best of several repeats), and a 3x3 SAME ``tf.nn.conv2d`` at the U-Net's
+                 own shapes: for each level (resolution r, width c) a forward pass on (B, r, r, c) -> c
+                 channels, 2 B r^2 9 c^2 FLOPs, B = the profile's batch size. The "conv limit" is the
+                 FLOP-weighted aggregate over the levels: sum of FLOPs / sum of best times. Small
+                 shapes chain several convs per call so the call overhead is not charged to them.
+    model        parameters; forward GFLOP per image counted from the layers: the graph of one traced
+                 forward pass at batch 1 goes through TensorFlow's FLOP registry
+                 (``tf.compat.v1.profiler``). It counts Conv2D, MatMul (Dense), BatchMatMul and the
+                 element-wise ops. Keras's TensorFlow backend lowers attention's ``ops.einsum`` to
+                 BatchMatMulV2, which is counted (2 x 2 N^2 C per attention layer); should an ``Einsum``
+                 op appear in the graph, the registry has no entry for it and we count it by hand
+                 (2 x the product of all its index sizes).
+    training     images/s of the real ``Trainer`` on random images in [-1, 1] at the profile's batch size,
+                 in three modes: eager (``tf.config.run_functions_eagerly``), tf.function and XLA
+                 (``jit_compile``), each in a fresh subprocess so the first step (trace + compile) is
+                 timed honestly and peak RSS is per mode. Achieved GFLOP/s = images/s x 3 x forward
+                 GFLOP per image: we assume the backward pass costs about two forwards.
+    sampling     seconds to draw 32 images with DDPM (all T steps) and with DDIM eta = 0, DDIM eta = 1
+                 and DPM-Solver++(2M) at 10/20/50 steps, each sampler warmed up once (tracing excluded),
+                 against the bound steps x (best time of one compiled forward pass over 32 images).
+
+Writes ``<out>/bench-<profile>.json`` and ``<out>/bench-<profile>.png`` and prints a table. The
+timings share the machine with whatever else runs on it: a busy machine depresses them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODES = ("eager", "function", "xla")
+MATMUL_SIZES = (512, 1024, 2048)
+FAST_SAMPLERS = (("ddim", 0.0), ("ddim", 1.0), ("dpm++2m", 0.0))
+FAST_STEPS = (10, 20, 50)
+SAMPLE_BATCH = 32
+
+
+# ------------------------------------------------------------------ timing helpers
+def best_time(fn, repeats=5, warmup=1) -> float:
+    """Best wall time in seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls.
+    ``fn`` must block until its work is done (e.g. end in ``.numpy()``)."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def machine_facts() -> dict:
+    """CPU model, core count, TensorFlow version and whether oneDNN is on."""
+    import tensorflow as tf
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    env = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        onednn = bool(_pywrap_util_port.IsMklEnabled()) if env is None else env != "0"
+    except ImportError:
+        onednn = None if env is None else env != "0"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": model, "cores": cores, "tensorflow": tf.__version__, "onednn": onednn,
+            "python": platform.python_version()}
+
+
+# ------------------------------------------------------------------ the limit
+def matmul_limit(sizes=MATMUL_SIZES, repeats=5) -> list[dict]:
+    """float32 GFLOP/s of an n x n matmul inside a tf.function, best of ``repeats``, per size n."""
+    import tensorflow as tf
+    mm = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+    rows = []
+    for n in sizes:
+        a, b = tf.random.normal([n, n], seed=1), tf.random.normal([n, n], seed=2)
+        seconds = best_time(lambda: mm(a, b).numpy(), repeats)
+        rows.append({"n": n, "gflop": 2 * n ** 3 / 1e9, "seconds": seconds,
+                     "gflops": 2 * n ** 3 / seconds / 1e9})
+    return rows
+
+
+def conv_limit(profile, batch=None, repeats=5) -> dict:
+    """3x3 SAME conv GFLOP/s at each level's (batch, r, r, c) -> c; plus the FLOP-weighted aggregate.
+
+    Small shapes run several convs chained in one call (``chained``), so the tf.function's call
+    overhead, which a training step pays once for all its layers, is not charged to each conv."""
+    import tensorflow as tf
+    from .unet import level_table
+    batch = batch or profile.batch_size
+
+    @tf.function
+    def conv(x, w, reps):          # reps chained convs per call: small shapes are not call overhead
+        for _ in tf.range(reps):
+            x = tf.nn.conv2d(x, w, 1, "SAME")
+        return tf.reduce_sum(x)
+
+    rows = []
+    for row in level_table(profile):
+        if row["level"] == "middle":      # same shape as the last level
+            continue
+        r, c = row["resolution"], row["channels"]
+        x = tf.random.normal([batch, r, r, c], seed=1)
+        w = tf.random.normal([3, 3, c, c], seed=2) / (9 * c) ** 0.5     # keeps the chain's scale ~1
+        flops = 2 * batch * r * r * 9 * c * c
+        reps = max(1, round(2e8 / flops))
+        seconds = best_time(lambda: conv(x, w, tf.constant(reps)).numpy(), repeats) / reps
+        rows.append({"level": row["level"], "resolution": r, "channels": c, "gflop": flops / 1e9,
+                     "seconds": seconds, "gflops": flops / seconds / 1e9, "chained": reps})
+    total = sum(r["gflop"] for r in rows) / sum(r["seconds"] for r in rows)
+    return {"batch": batch, "levels": rows, "limit_gflops": total}
+
+
+# ------------------------------------------------------------------ FLOPs counted from the graph
+def _einsum_flops(op) -> int:
+    """2 x the product of all index sizes of a (two-operand) einsum: one multiply-add per index tuple."""
+    equation = op.get_attr("equation").decode().replace(" ", "")
+    inputs = equation.split("->")[0].split(",")
+    sizes = {}
+    for spec, tensor in zip(inputs, op.inputs):
+        for letter, dim in zip(spec, tensor.shape.as_list()):
+            sizes[letter] = dim
+    product = 1
+    for dim in sizes.values():
+        product *= int(dim)
+    return 2 * product
+
+
+def graph_flops(graph) -> tuple[int, dict]:
+    """(total FLOPs from ``tf.compat.v1.profiler``, FLOPs by op type) of a traced graph (static shapes).
+
+    The breakdown uses the same registry the profiler uses; ``Einsum`` (not in the registry) is
+    counted by hand and added to both.
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework import ops as tf_ops
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")        # the v1 profiler warns that its shape helper is deprecated
+    try:
+        total = int(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)
+    finally:
+        logger.setLevel(level)
+    by_type = {}
+    for op in graph.get_operations():
+        if op.type == "Einsum":
+            flops = _einsum_flops(op)
+            total += flops
+        else:
+            try:
+                flops = int(tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value or 0)
+            except ValueError:      # an incomplete shape: the profiler skips it too
+                flops = 0
+        if flops:
+            by_type[op.type] = by_type.get(op.type, 0) + flops
+    return total, by_type
+
+
+def forward_flops(model) -> tuple[int, dict]:
+    """FLOPs of one forward pass over one image, ``model([x (1, H, W, C), t (1,)])``."""
+    import tensorflow as tf
+    _, h, w, c = model.input_shape[0]
+    fn = tf.function(lambda x, t: model([x, t], training=False))
+    concrete = fn.get_concrete_function(tf.TensorSpec([1, h, w, c], tf.float32),
+                                        tf.TensorSpec([1], tf.int32))
+    return graph_flops(concrete.graph)
+
+
+def flops_summary(by_type: dict) -> dict:
+    """Shares of conv, dense (MatMul), attention (BatchMatMul/Einsum) and everything else."""
+    total = sum(by_type.values()) or 1
+    groups = {"conv": ("Conv2D",), "dense": ("MatMul",),
+              "attention": ("BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum")}
+    shares = {name: sum(by_type.get(t, 0) for t in types) / total for name, types in groups.items()}
+    shares["other"] = 1.0 - sum(shares.values())
+    return shares
+
+
+# ------------------------------------------------------------------ training, one mode per process
+def train_worker(profile_name: str, mode: str, steps: int) -> dict:
+    """Time the real ``Trainer`` in one mode, in this (fresh) process; returns a JSON-able dict."""
+    import keras
+    import tensorflow as tf
+    from .profiles import get_profile
+    from .schedule import NoiseSchedule
+    from .training import Trainer, TrainConfig
+    from .unet import build_unet
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    profile = get_profile(profile_name)
+    keras.utils.set_random_seed(0)
+    tf.config.run_functions_eagerly(mode == "eager")
+    schedule = NoiseSchedule.from_kind(profile.schedule, profile.timesteps)
+    config = TrainConfig.from_profile(profile, jit_compile=(mode == "xla"))
+    trainer = Trainer(build_unet(profile), schedule, config)
+    b, s, c = profile.batch_size, profile.image_size, profile.channels
+    x0 = tf.random.uniform([b, s, s, c], -1.0, 1.0, seed=0)
+    t0 = time.perf_counter()
+    loss = trainer.train_step(x0)                   # trace + compile (+ run) in the compiled modes
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        loss = trainer.train_step(x0)
+        times.append(time.perf_counter() - t0)
+    mean = sum(times) / len(times)
+    return {"profile": profile.name, "mode": mode, "batch_size": b, "steps": steps,
+            "first_step_s": first, "step_s": mean, "best_step_s": min(times),
+            "images_per_s": b / mean, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "loss": loss}
+
+
+def run_worker(profile_name: str, mode: str, steps: int) -> dict:
+    """``train_worker`` in a fresh ``python -m ddpm_lessons.bench --_worker`` process."""
+    cmd = [sys.executable, "-m", "ddpm_lessons.bench", "--_worker", "--profile", profile_name,
+           "--mode", mode, "--steps", str(steps)]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"worker {profile_name}/{mode} failed (exit {done.returncode}):\n"
+                           + done.stderr[-3000:])
+    result = json.loads(lines[-1])
+    result["process_s"] = time.perf_counter() - t0
+    return result
+
+
+# ------------------------------------------------------------------ sampling
+def sampling_bench(profile, quick=False, batch=SAMPLE_BATCH, steps_list=FAST_STEPS, repeats=5) -> dict:
+    """Seconds to draw ``batch`` images per sampler against steps x one compiled forward pass."""
+    import tensorflow as tf
+    from .sampling import _noise_seed, make_ddpm_loop, model_eps_fn, sample
+    from .schedule import NoiseSchedule
+    from .unet import build_unet
+    model = build_unet(profile)
+    schedule = NoiseSchedule.from_kind(profile.schedule, profile.timesteps)
+    T, s, c = schedule.T, profile.image_size, profile.channels
+    shape = (batch, s, s, c)
+    eps_fn = model_eps_fn(model)
+
+    forward = tf.function(lambda x, t: model([x, t], training=False))
+    x = tf.random.normal(shape, seed=0)
+    t = tf.fill([batch], T // 2)
+    forward_s = best_time(lambda: forward(x, t).numpy(), repeats)
+
+    rows = []
+    # DDPM: warm the loop up on 2 steps (one trace serves every segment), then time it.
+    run = make_ddpm_loop(eps_fn, schedule, clip_x0=1.0)
+    seed = tf.constant(0, tf.int32)
+    x_T = tf.random.stateless_normal(shape, seed=_noise_seed(seed, T))
+    run(x_T, tf.constant(T, tf.int32), tf.constant(T - 2, tf.int32), seed).numpy()
+    if quick:
+        timed = min(100, T)
+        t0 = time.perf_counter()
+        run(x_T, tf.constant(T, tf.int32), tf.constant(T - timed, tf.int32), seed).numpy()
+        seconds = (time.perf_counter() - t0) * T / timed
+        note = f"timed {timed} of {T} steps, scaled by {T / timed:g}"
+    else:
+        t0 = time.perf_counter()
+        sample(eps_fn, shape, schedule, sampler="ddpm", seed=0, clip_x0=1.0)
+        seconds, note = time.perf_counter() - t0, ""
+    rows.append({"sampler": "ddpm", "eta": 1.0, "steps": T, "seconds": seconds, "note": note})
+
+    for sampler, eta in FAST_SAMPLERS:
+        sample(eps_fn, shape, schedule, sampler=sampler, steps=2, eta=eta, seed=0, clip_x0=1.0)  # warm up
+        for steps in steps_list:
+            t0 = time.perf_counter()
+            sample(eps_fn, shape, schedule, sampler=sampler, steps=steps, eta=eta, seed=0, clip_x0=1.0)
+            rows.append({"sampler": sampler, "eta": eta, "steps": steps,
+                         "seconds": time.perf_counter() - t0, "note": ""})
+    for row in rows:
+        row["bound_s"] = row["steps"] * forward_s
+        row["ratio"] = row["seconds"] / row["bound_s"]
+    return {"batch": batch, "forward_s": forward_s, "quick": quick, "rows": rows}
+
+
+# ------------------------------------------------------------------ one profile, end to end
+def bench_profile(name, steps=None, modes=MODES, sampling=True, quick=False, log=print) -> dict:
+    """Everything but the machine-wide matmul limit for one profile; returns a JSON-able dict."""
+    from .profiles import get_profile
+    from .unet import build_unet, count_params
+    profile = get_profile(name)
+    t0 = time.perf_counter()
+    model = build_unet(profile)
+    flops, by_type = forward_flops(model)
+    result = {"profile": profile.name, "params": count_params(model),
+              "forward_gflop_per_image": flops / 1e9, "flops_by_type": by_type,
+              "flops_shares": flops_summary(by_type)}
+    del model
+    log(f"  [{name}] FLOPs counted in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    result["conv"] = conv_limit(profile)
+    log(f"  [{name}] conv limit measured in {time.perf_counter() - t0:.1f} s")
+    result["training"] = {}
+    for mode in modes:
+        n = (steps or 10) if mode != "eager" else min(steps or 3, 3)
+        r = run_worker(profile.name, mode, n)
+        r["achieved_gflops"] = r["images_per_s"] * 3 * result["forward_gflop_per_image"]
+        r["share_of_conv_limit"] = r["achieved_gflops"] / result["conv"]["limit_gflops"]
+        result["training"][mode] = r
+        log(f"  [{name}] training, {mode}: {r['process_s']:.1f} s in a subprocess")
+    if sampling:
+        t0 = time.perf_counter()
+        result["sampling"] = sampling_bench(profile, quick=quick)
+        log(f"  [{name}] sampling measured in {time.perf_counter() - t0:.1f} s")
+    return result
+
+
+# ------------------------------------------------------------------ report
+def format_report(machine: dict, matmul: list, result: dict) -> str:
+    """The printed table for one profile."""
+    lines = []
+    onednn = {True: "on", False: "off", None: "unknown"}[machine["onednn"]]
+    lines.append(f"machine: {machine['cpu']}, {machine['cores']} cores, TensorFlow {machine['tensorflow']}, "
+                 f"oneDNN {onednn}")
+    lines.append("matmul limit (float32, n x n, tf.function, best of 5):  "
+                 + "   ".join(f"n={r['n']}: {r['gflops']:.1f}" for r in matmul) + "  GFLOP/s")
+    sh = result["flops_shares"]
+    lines.append(f"\nprofile {result['profile']}: {result['params'] / 1e6:.3f} M parameters, forward "
+                 f"{result['forward_gflop_per_image']:.4f} GFLOP/image (conv {sh['conv']:.0%}, dense "
+                 f"{sh['dense']:.0%}, attention {sh['attention']:.0%}, other {sh['other']:.0%})")
+    conv = result["conv"]
+    lines.append(f"conv 3x3 SAME at the U-Net's shapes (batch {conv['batch']}):")
+    lines.append(f"  {'level':>5} {'res':>4} {'ch':>4} {'GFLOP':>8} {'ms':>8} {'GFLOP/s':>8}")
+    for r in conv["levels"]:
+        lines.append(f"  {r['level']:>5} {r['resolution']:>4} {r['channels']:>4} {r['gflop']:>8.3f} "
+                     f"{r['seconds'] * 1e3:>8.2f} {r['gflops']:>8.1f}")
+    lines.append(f"  conv limit (FLOP-weighted): {conv['limit_gflops']:.1f} GFLOP/s")
+    if result.get("training"):
+        any_run = next(iter(result["training"].values()))
+        lines.append(f"training (batch {any_run['batch_size']}; achieved = img/s x 3 x forward GFLOP, "
+                     "backward ~ 2 forwards):")
+        lines.append(f"  {'mode':<9} {'steps':>5} {'1st step s':>10} {'img/s':>8} {'GFLOP/s':>8} "
+                     f"{'% conv':>7} {'peak MB':>8}")
+        for mode, r in result["training"].items():
+            lines.append(f"  {mode:<9} {r['steps']:>5} {r['first_step_s']:>10.2f} {r['images_per_s']:>8.1f} "
+                         f"{r['achieved_gflops']:>8.2f} {r['share_of_conv_limit']:>7.1%} {r['peak_rss_mb']:>8.0f}")
+    if result.get("sampling"):
+        smp = result["sampling"]
+        lines.append(f"sampling {smp['batch']} images (bound = steps x one compiled forward pass over "
+                     f"{smp['batch']} images = {smp['forward_s'] * 1e3:.1f} ms; tracing excluded):")
+        lines.append(f"  {'sampler':<14} {'steps':>5} {'seconds':>9} {'bound s':>9} {'ratio':>6}")
+        for r in smp["rows"]:
+            label = r["sampler"] + (f" eta={r['eta']:g}" if r["sampler"] == "ddim" else "")
+            note = f"  ({r['note']})" if r["note"] else ""
+            lines.append(f"  {label:<14} {r['steps']:>5} {r['seconds']:>9.2f} {r['bound_s']:>9.2f} "
+                         f"{r['ratio']:>6.2f}{note}")
+    return "\n".join(lines)
+
+
+def plot_result(path, matmul: list, result: dict) -> None:
+    """Bar charts: achieved GFLOP/s per mode against the limits; sampling seconds against the bound."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    has_sampling = bool(result.get("sampling"))
+    fig, axes = plt.subplots(1, 2 if has_sampling else 1, figsize=(12 if has_sampling else 6, 4.2),
+                             squeeze=False)
+    ax = axes[0, 0]
+    modes = list(result.get("training", {}))
+    ax.bar(modes, [result["training"][m]["achieved_gflops"] for m in modes], color="tab:blue")
+    ax.axhline(result["conv"]["limit_gflops"], color="tab:red", ls="--",
+               label=f"conv limit {result['conv']['limit_gflops']:.1f}")
+    best_mm = max(r["gflops"] for r in matmul)
+    ax.axhline(best_mm, color="tab:gray", ls=":", label=f"matmul limit {best_mm:.1f}")
+    ax.set_ylabel("GFLOP/s (img/s x 3 x forward GFLOP)")
+    ax.set_title(f"{result['profile']}: training throughput")
+    ax.legend()
+    if has_sampling:
+        ax = axes[0, 1]
+        rows = result["sampling"]["rows"]
+        labels = [("ddpm" if r["sampler"] == "ddpm" else
+                   (f"ddim{r['eta']:g}" if r["sampler"] == "ddim" else "dpm++")) + f"\n{r['steps']}"
+                  for r in rows]
+        xs = range(len(rows))
+        ax.bar(xs, [r["seconds"] for r in rows], color="tab:blue", label="measured")
+        ax.scatter(xs, [r["bound_s"] for r in rows], color="tab:red", marker="_", s=300, zorder=3,
+                   label="bound: steps x forward")
+        ax.set_xticks(list(xs), labels, fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel(f"seconds for {result['sampling']['batch']} images")
+        ax.set_title("sampling")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ddpm_lessons.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", action="append", help="profile to measure (repeatable; default cpu and tiny)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed training steps (default 10; eager runs at most 3)")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"training modes, comma-separated ({','.join(MODES)})")
+    parser.add_argument("--no-sampling", action="store_true", help="skip the sampling benchmark")
+    parser.add_argument("--quick", action="store_true", help="time DDPM on 100 of its T steps and scale up")
+    parser.add_argument("--out", default="runs/bench", help="folder for bench-<profile>.json and .png")
+    parser.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="function", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args._worker:
+        profile = (args.profile or ["tiny"])[-1]
+        print(json.dumps(train_worker(profile, args.mode, args.steps or 10)), flush=True)
+        return 0
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown mode(s) {sorted(unknown)}; choose from {MODES}")
+    start = time.perf_counter()
+    machine = machine_facts()
+    t0 = time.perf_counter()
+    matmul = matmul_limit()
+    print(f"  matmul limit measured in {time.perf_counter() - t0:.1f} s", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.profile or ["cpu", "tiny"]:
+        result = bench_profile(name, steps=args.steps, modes=modes, sampling=not args.no_sampling,
+                               quick=args.quick, log=lambda s: print(s, flush=True))
+        doc = {"machine": machine, "matmul": matmul, **result}
+        (out / f"bench-{result['profile']}.json").write_text(json.dumps(doc, indent=1))
+        plot_result(out / f"bench-{result['profile']}.png", matmul, result)
+        print("\n" + format_report(machine, matmul, result) + "\n", flush=True)
+        print(f"wrote {out / ('bench-' + result['profile'] + '.json')} and .png", flush=True)
+    print(f"total {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":      # ``-m`` imports the package first, which quiets TensorFlow's logs
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The benchmark script (ddpm_lessons.bench): its FLOP counts and its worker's output, never its timings."""
+import json
+
+import keras
+import tensorflow as tf
+
+from ddpm_lessons.bench import (flops_summary, format_report, forward_flops, graph_flops, plot_result,
+                                run_worker)
+from ddpm_lessons.profiles import PROFILES
+from ddpm_lessons.unet import build_unet
+
+
+def conv(r, c_in, c_out, k=3):
+    """FLOPs of a k x k conv producing an r x r map: one multiply-add per weight per output pixel."""
+    return 2 * r * r * k * k * c_in * c_out
+
+
+def test_one_conv_layer_matches_the_analytic_count():
+    h, w, c_in, c_out = 12, 10, 5, 7
+    layer = keras.layers.Conv2D(c_out, 3, padding="same")
+    fn = tf.function(lambda x: layer(x)).get_concrete_function(tf.TensorSpec([1, h, w, c_in]))
+    total, by_type = graph_flops(fn.graph)
+    assert by_type["Conv2D"] == 2 * h * w * 9 * c_in * c_out
+    assert total == by_type["Conv2D"] + h * w * c_out            # + the bias, one add per output
+
+
+def test_einsum_is_counted_by_hand():
+    fn = tf.function(lambda q, k: tf.einsum("bnd,bmd->bnm", q, k)).get_concrete_function(
+        tf.TensorSpec([2, 6, 4]), tf.TensorSpec([2, 5, 4]))
+    assert "Einsum" in {op.type for op in fn.graph.get_operations()}
+    total, by_type = graph_flops(fn.graph)
+    assert by_type["Einsum"] == total == 2 * 2 * 6 * 5 * 4
+
+
+def tiny_hand_count():
+    """(conv FLOPs, conv + dense + attention FLOPs) of the tiny U-Net, layer by layer (unet.py).
+
+    16x16x3 images, widths 16 @ 16 and 32 @ 8, one res block down / two up, attention at 8
+    (down, middle, two up), time embedding 16 -> 64 -> 64.
+    """
+    convs = (conv(16, 3, 16)                                             # conv_in
+             + 2 * conv(16, 16, 16)                                      # down0_res0
+             + conv(8, 16, 16)                                           # down0_downsample (stride 2)
+             + conv(8, 16, 32) + conv(8, 32, 32) + conv(8, 16, 32, 1)    # down1_res0 + 1x1 shortcut
+             + 2 * 2 * conv(8, 32, 32)                                   # mid_res0, mid_res1
+             + conv(8, 64, 32) + conv(8, 32, 32) + conv(8, 64, 32, 1)    # up1_res0: 32 + skip 32
+             + conv(8, 48, 32) + conv(8, 32, 32) + conv(8, 48, 32, 1)    # up1_res1: 32 + skip 16
+             + conv(16, 32, 32)                                          # up1_upsample
+             + conv(16, 48, 16) + conv(16, 16, 16) + conv(16, 48, 16, 1)  # up0_res0: 32 + skip 16
+             + conv(16, 32, 16) + conv(16, 16, 16) + conv(16, 32, 16, 1)  # up0_res1: 16 + skip 16
+             + conv(16, 16, 3))                                          # out_conv
+    n, c = 8 * 8, 32
+    attention = 4 * (4 * 2 * n * c * c + 2 * 2 * n * n * c)             # q, k, v, proj; q k^T and A v
+    dense = 2 * 16 * 64 + 2 * 64 * 64 + 2 * 64 * (16 + 32 + 32 + 32 + 32 + 32 + 16 + 16)  # time MLP, time_proj
+    return convs, convs + attention + dense
+
+
+def test_tiny_unet_flops_match_a_hand_count():
+    convs, main = tiny_hand_count()
+    total, by_type = forward_flops(build_unet(PROFILES["tiny"]))
+    assert by_type["Conv2D"] == convs
+    assert by_type["BatchMatMulV2"] + by_type.get("Einsum", 0) == 4 * 2 * 2 * 64 * 64 * 32
+    assert main <= total <= 1.05 * main, "element-wise ops (norms, swish, adds) add only a few %"
+    shares = flops_summary(by_type)
+    assert shares["conv"] > 0.8 and abs(sum(shares.values()) - 1) < 1e-9
+
+
+def test_worker_reports_every_key_with_positive_values():
+    result = run_worker("tiny", "function", steps=2)
+    assert result["profile"] == "tiny" and result["mode"] == "function" and result["steps"] == 2
+    assert result["batch_size"] == PROFILES["tiny"].batch_size
+    for key in ("first_step_s", "step_s", "best_step_s", "images_per_s", "peak_rss_mb", "loss"):
+        assert result[key] > 0, key
+    json.dumps(result)
+
+
+def test_report_and_figure_from_a_result(tmp_path):
+    matmul = [{"n": 512, "gflop": 0.27, "seconds": 0.01, "gflops": 27.0}]
+    result = {"profile": "tiny", "params": 1000, "forward_gflop_per_image": 0.04,
+              "flops_shares": {"conv": 0.9, "dense": 0.05, "attention": 0.03, "other": 0.02},
+              "conv": {"batch": 16, "limit_gflops": 30.0, "levels": [
+                  {"level": 0, "resolution": 16, "channels": 16, "gflop": 0.02, "seconds": 1e-3, "gflops": 20.0}]},
+              "training": {"function": {"batch_size": 16, "steps": 2, "first_step_s": 5.0, "images_per_s": 100.0,
+                                        "achieved_gflops": 12.0, "share_of_conv_limit": 0.4, "peak_rss_mb": 700}},
+              "sampling": {"batch": 32, "forward_s": 0.03, "rows": [
+                  {"sampler": "ddim", "eta": 0.0, "steps": 10, "seconds": 0.33, "bound_s": 0.3, "ratio": 1.1,
+                   "note": ""}]}}
+    machine = {"cpu": "test cpu", "cores": 2, "tensorflow": tf.__version__, "onednn": True}
+    text = format_report(machine, matmul, result)
+    assert "profile tiny" in text and "conv limit" in text and "ddim eta=0" in text
+    plot_result(tmp_path / "b.png", matmul, result)
+    assert (tmp_path / "b.png").stat().st_size > 1000

@@ -366,45 +366,8 @@ def format_report(machine: dict, matmul: list, result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_result(path, matmul: list, result: dict) -> None:
-    """Bar charts: achieved GFLOP/s per mode against the limits; sampling seconds against the bound."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    has_sampling = bool(result.get("sampling"))
-    fig, axes = plt.subplots(1, 2 if has_sampling else 1, figsize=(12 if has_sampling else 6, 4.2),
-                             squeeze=False)
-    ax = axes[0, 0]
-    modes = list(result.get("training", {}))
-    ax.bar(modes, [result["training"][m]["achieved_gflops"] for m in modes], color="tab:blue")
-    ax.axhline(result["conv"]["limit_gflops"], color="tab:red", ls="--",
-               label=f"conv limit {result['conv']['limit_gflops']:.1f}")
-    best_mm = max(r["gflops"] for r in matmul)
-    ax.axhline(best_mm, color="tab:gray", ls=":", label=f"matmul limit {best_mm:.1f}")
-    ax.set_ylabel("GFLOP/s (img/s x 3 x forward GFLOP)")
-    ax.set_title(f"{result['profile']}: training throughput")
-    ax.legend()
-    if has_sampling:
-        ax = axes[0, 1]
-        rows = result["sampling"]["rows"]
-        labels = [("ddpm" if r["sampler"] == "ddpm" else
-                   (f"ddim{r['eta']:g}" if r["sampler"] == "ddim" else "dpm++")) + f"\n{r['steps']}"
-                  for r in rows]
-        xs = range(len(rows))
-        ax.bar(xs, [r["seconds"] for r in rows], color="tab:blue", label="measured")
-        ax.scatter(xs, [r["bound_s"] for r in rows], color="tab:red", marker="_", s=300, zorder=3,
-                   label="bound: steps x forward")
-        ax.set_xticks(list(xs), labels, fontsize=7)
-        ax.set_yscale("log")
-        ax.set_ylabel(f"seconds for {result['sampling']['batch']} images")
-        ax.set_title("sampling")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def main(argv=None) -> int:
+    from .plotting import plot_bench
     parser = argparse.ArgumentParser(prog="python -m ddpm_lessons.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--profile", action="append", help="profile to measure (repeatable; default cpu and tiny)")
     parser.add_argument("--steps", type=int, default=None,
@@ -438,7 +401,7 @@ def main(argv=None) -> int:
                                quick=args.quick, log=lambda s: print(s, flush=True))
         doc = {"machine": machine, "matmul": matmul, **result}
         (out / f"bench-{result['profile']}.json").write_text(json.dumps(doc, indent=1))
-        plot_result(out / f"bench-{result['profile']}.png", matmul, result)
+        plot_bench(out / f"bench-{result['profile']}.png", matmul, result)
         print("\n" + format_report(machine, matmul, result) + "\n", flush=True)
         print(f"wrote {out / ('bench-' + result['profile'] + '.json')} and .png", flush=True)
     print(f"total {time.perf_counter() - start:.0f} s")

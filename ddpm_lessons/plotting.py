@@ -1,4 +1,4 @@
-"""Pictures for the lessons: image grids and schedule plots (the package's only matplotlib user).
+"""Pictures for the lessons: image grids, schedule plots, the benchmark figure (the package's only matplotlib user).
 
 Images may be uint8 in [0, 255] or floats in [-1, 1] (the model's range); both are shown
 as uint8 after x -> round((x + 1) * 127.5) clipped to [0, 255].
@@ -125,3 +125,39 @@ class TrainingMonitor:
             self.plot_loss(trainer)
         if step % self.preview_every == 0:
             self.preview(trainer, step)
+
+
+def plot_bench(path, matmul: list, result: dict) -> None:
+    """``python -m ddpm_lessons.bench``'s figure: achieved GFLOP/s per training mode against the
+    conv and matmul limits; sampling seconds against the bound steps x one forward pass."""
+    from matplotlib.figure import Figure          # no pyplot: works headless, leaves a notebook's backend alone
+    has_sampling = bool(result.get("sampling"))
+    fig = Figure(figsize=(12 if has_sampling else 6, 4.2))
+    axes = fig.subplots(1, 2 if has_sampling else 1, squeeze=False)
+    ax = axes[0, 0]
+    modes = list(result.get("training", {}))
+    ax.bar(modes, [result["training"][m]["achieved_gflops"] for m in modes], color="tab:blue")
+    ax.axhline(result["conv"]["limit_gflops"], color="tab:red", ls="--",
+               label=f"conv limit {result['conv']['limit_gflops']:.1f}")
+    best_mm = max(r["gflops"] for r in matmul)
+    ax.axhline(best_mm, color="tab:gray", ls=":", label=f"matmul limit {best_mm:.1f}")
+    ax.set_ylabel("GFLOP/s (img/s x 3 x forward GFLOP)")
+    ax.set_title(f"{result['profile']}: training throughput")
+    ax.legend()
+    if has_sampling:
+        ax = axes[0, 1]
+        rows = result["sampling"]["rows"]
+        labels = [("ddpm" if r["sampler"] == "ddpm" else
+                   (f"ddim{r['eta']:g}" if r["sampler"] == "ddim" else "dpm++")) + f"\n{r['steps']}"
+                  for r in rows]
+        xs = range(len(rows))
+        ax.bar(xs, [r["seconds"] for r in rows], color="tab:blue", label="measured")
+        ax.scatter(xs, [r["bound_s"] for r in rows], color="tab:red", marker="_", s=300, zorder=3,
+                   label="bound: steps x forward")
+        ax.set_xticks(list(xs), labels, fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel(f"seconds for {result['sampling']['batch']} images")
+        ax.set_title("sampling")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

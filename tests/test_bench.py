@@ -4,8 +4,9 @@ import json
 import keras
 import tensorflow as tf
 
-from ddpm_lessons.bench import (flops_summary, format_report, forward_flops, graph_flops, plot_result,
+from ddpm_lessons.bench import (flops_summary, format_report, forward_flops, graph_flops,
                                 run_worker)
+from ddpm_lessons.plotting import plot_bench
 from ddpm_lessons.profiles import PROFILES
 from ddpm_lessons.unet import build_unet
 
@@ -88,5 +89,5 @@ def test_report_and_figure_from_a_result(tmp_path):
     machine = {"cpu": "test cpu", "cores": 2, "tensorflow": tf.__version__, "onednn": True}
     text = format_report(machine, matmul, result)
     assert "profile tiny" in text and "conv limit" in text and "ddim eta=0" in text
-    plot_result(tmp_path / "b.png", matmul, result)
+    plot_bench(tmp_path / "b.png", matmul, result)
     assert (tmp_path / "b.png").stat().st_size > 1000

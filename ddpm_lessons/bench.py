@@ -263,7 +263,7 @@ def sampling_bench(profile, quick=False, batch=SAMPLE_BATCH, steps_list=FAST_STE
 
     rows = []
     # DDPM: warm the loop up on 2 steps (one trace serves every segment), then time it.
-    run = make_ddpm_loop(eps_fn, schedule, clip_x0=1.0)
+    run = make_ddpm_loop(eps_fn, schedule, clip_x0=1.0, rank=len(shape))
     seed = tf.constant(0, tf.int32)
     x_T = tf.random.stateless_normal(shape, seed=_noise_seed(seed, T))
     run(x_T, tf.constant(T, tf.int32), tf.constant(T - 2, tf.int32), seed).numpy()

@@ -1,7 +1,8 @@
 """Profiles: every size knob of the course in one frozen object.
 
     tiny  tests and CI on 2 CPU cores: tracing, not training, dominates
-    cpu   the default without a GPU: the best result in about 30 minutes on 2 cores
+    cpu   the default without a GPU: recognisable portraits in under 20 minutes on 2 cores (chosen
+          by lesson 11's score: the table in lesson 09, made by notebooks/tune_cpu_profile.py)
     gpu   the seed's scale: 64x64 images, a U-Net with attention at 16 and 8
 
 ``get_profile()`` reads the environment variable ``DDPM_PROFILE``; without it, it picks
@@ -93,8 +94,8 @@ PROFILES = {
         num_samples=16, toy_train_steps=300, toy_width=64, toy_num_samples=1000),
     "cpu": Profile(
         name="cpu", image_size=32, base_width=32, channel_mults=(1, 2, 3, 4), num_res_blocks=1,
-        attention_resolutions=(16, 8), groups=8, batch_size=32, train_steps=3000,
-        learning_rate=2e-3, warmup_steps=200, ema_decay=0.995, checkpoint_every=200,
+        attention_resolutions=(16, 8), groups=8, batch_size=32, train_steps=1800,
+        learning_rate=1e-3, warmup_steps=200, ema_decay=0.995, checkpoint_every=200,
         preview_every=500, sample_steps=50, num_samples=64),
     "gpu": Profile(
         name="gpu", image_size=64, base_width=64, channel_mults=(1, 2, 4, 8), num_res_blocks=2,

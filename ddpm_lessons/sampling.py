@@ -97,16 +97,17 @@ def _cached_loop(key, schedule, run):
     return run
 
 
-def make_ddpm_loop(eps_fn, schedule: NoiseSchedule, clip_x0=None, variance="posterior"):
+def make_ddpm_loop(eps_fn, schedule: NoiseSchedule, clip_x0=None, variance="posterior", rank=None):
     """A compiled ``run(x, t_hi, t_lo, seed)`` taking x_{t_hi} to x_{t_lo} (paper indices).
 
     Runs the steps with 0-based index t_hi-1, ..., t_lo in a ``tf.while_loop``; t_hi, t_lo and
     seed are int32 scalar tensors, so one trace serves every segment and every seed.
     Step i draws its noise with the stateless seed (seed, i). The last few loops are cached,
-    keyed by (eps_fn, schedule, clip_x0, variance): pass the same eps_fn object to sample again
-    without tracing again.
+    keyed by (eps_fn, schedule, clip_x0, variance, rank): pass the same eps_fn object to sample
+    again without tracing again. ``rank`` (of x) keeps points and images in separate loops, so
+    TensorFlow never relaxes x to an unknown rank.
     """
-    key = (eps_fn, id(schedule), clip_x0, variance)
+    key = (eps_fn, id(schedule), clip_x0, variance, rank)
 
     @tf.function(reduce_retracing=True)
     def run(x, t_hi, t_lo, seed):
@@ -137,7 +138,7 @@ def ddpm_sample(eps_fn, shape, schedule: NoiseSchedule, seed=0, clip_x0=None,
     (len(steps), B, ...) of snapshots, in the order given.
     """
     T = schedule.T
-    run = make_ddpm_loop(eps_fn, schedule, clip_x0=clip_x0, variance=variance)
+    run = make_ddpm_loop(eps_fn, schedule, clip_x0=clip_x0, variance=variance, rank=len(shape))
     seed_t = tf.constant(int(seed), tf.int32)
     x = tf.random.stateless_normal(list(shape), seed=_noise_seed(seed_t, T), dtype=dtype)
     stops = sorted({int(s) for s in (return_trajectory or [])} | {0}, reverse=True)
@@ -204,14 +205,15 @@ def ddim_step(x_t, t, s, eps, schedule: NoiseSchedule, eta=0.0, noise=None, clip
     return x_s, x0_hat
 
 
-def make_ddim_loop(eps_fn, schedule: NoiseSchedule, eta=0.0, clip_x0=None, keep_trajectory=False):
+def make_ddim_loop(eps_fn, schedule: NoiseSchedule, eta=0.0, clip_x0=None, keep_trajectory=False,
+                   rank=None):
     """A compiled ``run(x, taus, seed)``: DDIM steps along the decreasing int32 tensor ``taus``.
 
     One ``tf.while_loop``; taus, eta's noise seed and the batch are tensors, so one trace serves
     every step count and seed. With ``keep_trajectory`` it also returns x_t and x0_hat before
-    every step, stacked: (K, B, ...) each.
+    every step, stacked: (K, B, ...) each. ``rank``: as in ``make_ddpm_loop``.
     """
-    key = ("ddim", eps_fn, id(schedule), float(eta), clip_x0, keep_trajectory)
+    key = ("ddim", eps_fn, id(schedule), float(eta), clip_x0, keep_trajectory, rank)
 
     @tf.function(reduce_retracing=True)
     def run(x, taus, seed):
@@ -253,7 +255,8 @@ def ddim_sample(eps_fn, shape, schedule: NoiseSchedule, num_steps=50, eta=0.0, s
     seed_t = tf.constant(int(seed), tf.int32)
     if x_T is None:
         x_T = tf.random.stateless_normal(list(shape), seed=_noise_seed(seed_t, schedule.T), dtype=dtype)
-    run = make_ddim_loop(eps_fn, schedule, eta=eta, clip_x0=clip_x0, keep_trajectory=return_trajectory)
+    run = make_ddim_loop(eps_fn, schedule, eta=eta, clip_x0=clip_x0, keep_trajectory=return_trajectory,
+                         rank=len(x_T.shape))
     x_T = tf.cast(x_T, dtype)
     with _quiet_tf_warnings():
         # trace once for any batch size and step count (a later call with other sizes reuses it)
@@ -320,10 +323,10 @@ def dpmpp2m_coefficients(schedule: NoiseSchedule, taus) -> tuple:
     return c_x, c_d, w
 
 
-def make_dpmpp2m_loop(eps_fn, schedule: NoiseSchedule, clip_x0=None):
+def make_dpmpp2m_loop(eps_fn, schedule: NoiseSchedule, clip_x0=None, rank=None):
     """A compiled ``run(x, taus, c_x, c_d, w)``: DPM-Solver++(2M) along ``taus`` (one trace for
     every step count; the coefficients come from ``dpmpp2m_coefficients``)."""
-    key = ("dpmpp2m", eps_fn, id(schedule), clip_x0)
+    key = ("dpmpp2m", eps_fn, id(schedule), clip_x0, rank)
     abar = tf.constant(schedule.alphas_cumprod, tf.float32)
 
     @tf.function(reduce_retracing=True)
@@ -359,7 +362,7 @@ def dpmpp2m_sample(eps_fn, shape, schedule: NoiseSchedule, num_steps=20, seed=0,
         x_T = tf.random.stateless_normal(list(shape), seed=_noise_seed(tf.constant(int(seed)), schedule.T),
                                          dtype=dtype)
     x_T = tf.cast(x_T, dtype)
-    run = make_dpmpp2m_loop(eps_fn, schedule, clip_x0=clip_x0)
+    run = make_dpmpp2m_loop(eps_fn, schedule, clip_x0=clip_x0, rank=len(x_T.shape))
     vec = tf.TensorSpec([None], tf.float32)
     with _quiet_tf_warnings():
         run.get_concrete_function(tf.TensorSpec([None] + x_T.shape[1:], dtype),

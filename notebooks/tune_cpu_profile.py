@@ -29,18 +29,21 @@ from ddpm_lessons.unet import build_unet, count_params
 import keras
 import numpy as np
 
-# name -> (changes to the cpu profile, steps as a multiple of --steps, what it tests)
+# Every try starts from the cpu profile as it was when the table was made (the reference run's
+# settings: learning rate 2e-3); the winner, lr1e-3, is the cpu profile now.
+TABLE_BASE = {"learning_rate": 2e-3}
+# name -> (changes to TABLE_BASE, steps as a multiple of --steps, what it tests)
 VARIANTS = {
-    "base": ({}, 1.0, "the cpu profile as shipped"),
+    "base": ({}, 1.0, "the reference run's settings (learning rate 2e-3)"),
     "linear": ({"schedule": "linear"}, 1.0, "linear beta schedule (Ho et al.) instead of cosine"),
-    "lr1e-3": ({"learning_rate": 1e-3}, 1.0, "half the learning rate"),
+    "lr1e-3": ({"learning_rate": 1e-3}, 1.0, "half the learning rate (the cpu profile now)"),
     "small-2x": ({"channel_mults": (1, 2, 3), "attention_resolutions": (8,)}, 2.0,
                  "3 levels, attention at 8 only (~half the compute per image), twice the steps"),
 }
 
 
 def run_variant(name, changes, steps, reference, images, out_dir, runs_dir, score_every, num_samples):
-    profile = get_profile("cpu").replace(**changes, train_steps=steps)
+    profile = get_profile("cpu").replace(**{**TABLE_BASE, **changes}, train_steps=steps)
     keras.utils.set_random_seed(0)
     schedule = NoiseSchedule.from_kind(profile.schedule, profile.timesteps)
     model = build_unet(profile)

@@ -121,7 +121,7 @@ def test_image_sampling_shapes_range_and_one_trace():
         x = ddim_sample(eps_fn, (3, 8, 8, 3), COSINE, num_steps=steps, eta=eta, clip_x0=1.0)
         assert x.shape == (3, 8, 8, 3) and np.all(np.isfinite(x))
         assert x.min() >= -1 and x.max() <= 1, f"clip_x0=1 must keep samples in [-1, 1] ({steps} steps)"
-    run = make_ddim_loop(eps_fn, COSINE, eta=0.0, clip_x0=1.0)
+    run = make_ddim_loop(eps_fn, COSINE, eta=0.0, clip_x0=1.0, rank=4)
     assert run.experimental_get_tracing_count() == 1, "one trace must serve every step count"
     x, (taus, xs, x0s) = ddim_sample(eps_fn, (2, 8, 8, 3), COSINE, num_steps=10, clip_x0=1.0,
                                      return_trajectory=True)
@@ -208,3 +208,13 @@ def test_every_sampler_gives_finite_images_in_range_for_every_step_count():
             assert x.min() >= -1 and x.max() <= 1, f"{sampler}-{steps}: range [{x.min():.3f}, {x.max():.3f}]"
     with pytest.raises(ValueError, match="unknown sampler"):
         sample(eps_fn, (2, 8, 8, 3), COSINE, sampler="euler")
+
+
+def test_one_eps_fn_serves_points_and_images():
+    """The compiled loops are cached per eps_fn *and rank*: sampling points, then images, then points
+    again with the same eps_fn must not relax x to an unknown rank (which breaks len(x.shape))."""
+    eps_fn = gaussian_eps(COSINE, 0.5)
+    for shape in [(16, 2), (4, 2, 2, 3), (16, 2)]:
+        for sampler in SAMPLERS:
+            x = sample(eps_fn, shape, COSINE, sampler=sampler, steps=5, eta=1.0, seed=0)
+            assert x.shape == shape and np.all(np.isfinite(x)), (sampler, shape)

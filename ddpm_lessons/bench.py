@@ -247,7 +247,7 @@ def run_worker(profile_name: str, mode: str, steps: int) -> dict:
 def sampling_bench(profile, quick=False, batch=SAMPLE_BATCH, steps_list=FAST_STEPS, repeats=5) -> dict:
     """Seconds to draw ``batch`` images per sampler against steps x one compiled forward pass."""
     import tensorflow as tf
-    from .sampling import _noise_seed, make_ddpm_loop, model_eps_fn, sample
+    from .sampling import initial_noise, make_ddpm_loop, model_eps_fn, sample
     from .schedule import NoiseSchedule
     from .unet import build_unet
     model = build_unet(profile)
@@ -265,7 +265,7 @@ def sampling_bench(profile, quick=False, batch=SAMPLE_BATCH, steps_list=FAST_STE
     # DDPM: warm the loop up on 2 steps (one trace serves every segment), then time it.
     run = make_ddpm_loop(eps_fn, schedule, clip_x0=1.0, rank=len(shape))
     seed = tf.constant(0, tf.int32)
-    x_T = tf.random.stateless_normal(shape, seed=_noise_seed(seed, T))
+    x_T = initial_noise(shape, seed, T)
     run(x_T, tf.constant(T, tf.int32), tf.constant(T - 2, tf.int32), seed).numpy()
     if quick:
         timed = min(100, T)

@@ -81,6 +81,11 @@ def _noise_seed(seed, i):
     return tf.stack([tf.cast(seed, tf.int32), tf.cast(i, tf.int32)])
 
 
+def initial_noise(shape, seed, T: int, dtype=tf.float32):
+    """x_T ~ N(0, I) from the stateless seed (seed, T): every sampler starts here for the same seed."""
+    return tf.random.stateless_normal(list(shape), seed=_noise_seed(seed, T), dtype=dtype)
+
+
 _LOOP_CACHE: dict = {}
 _LOOP_CACHE_SIZE = 8
 
@@ -140,7 +145,7 @@ def ddpm_sample(eps_fn, shape, schedule: NoiseSchedule, seed=0, clip_x0=None,
     T = schedule.T
     run = make_ddpm_loop(eps_fn, schedule, clip_x0=clip_x0, variance=variance, rank=len(shape))
     seed_t = tf.constant(int(seed), tf.int32)
-    x = tf.random.stateless_normal(list(shape), seed=_noise_seed(seed_t, T), dtype=dtype)
+    x = initial_noise(shape, seed_t, T, dtype)
     stops = sorted({int(s) for s in (return_trajectory or [])} | {0}, reverse=True)
     if stops[0] > T or stops[-1] < 0:
         raise ValueError(f"trajectory steps must lie in [0, {T}], got {return_trajectory}")
@@ -254,7 +259,7 @@ def ddim_sample(eps_fn, shape, schedule: NoiseSchedule, num_steps=50, eta=0.0, s
     taus = tf.constant(timestep_sequence(schedule.T, num_steps), tf.int32)
     seed_t = tf.constant(int(seed), tf.int32)
     if x_T is None:
-        x_T = tf.random.stateless_normal(list(shape), seed=_noise_seed(seed_t, schedule.T), dtype=dtype)
+        x_T = initial_noise(shape, seed_t, schedule.T, dtype)
     run = make_ddim_loop(eps_fn, schedule, eta=eta, clip_x0=clip_x0, keep_trajectory=return_trajectory,
                          rank=len(x_T.shape))
     x_T = tf.cast(x_T, dtype)
@@ -359,8 +364,7 @@ def dpmpp2m_sample(eps_fn, shape, schedule: NoiseSchedule, num_steps=20, seed=0,
     taus = timestep_sequence(schedule.T, num_steps)
     c_x, c_d, w = (tf.constant(c, tf.float32) for c in dpmpp2m_coefficients(schedule, taus))
     if x_T is None:
-        x_T = tf.random.stateless_normal(list(shape), seed=_noise_seed(tf.constant(int(seed)), schedule.T),
-                                         dtype=dtype)
+        x_T = initial_noise(shape, int(seed), schedule.T, dtype)
     x_T = tf.cast(x_T, dtype)
     run = make_dpmpp2m_loop(eps_fn, schedule, clip_x0=clip_x0, rank=len(x_T.shape))
     vec = tf.TensorSpec([None], tf.float32)

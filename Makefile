@@ -1,9 +1,13 @@
 # ddpm-lessons: the commands a newcomer needs are `make train`, `make test` and `make lab`.
 #   make train           set up .venv if needed, train end to end on the shipped data (lesson 09,
-#                        headless); running it again continues the newest unfinished run
-#                        PROFILE=tiny|cpu|gpu picks the size, FRESH=1 starts a new run,
-#                        STEPS=N changes the number of steps, INIT=reference starts from the shipped weights,
+#                        headless); running it again continues the unfinished run on the same data
+#                        DATA=folder trains on your own pictures (sub-folders are read too)
+#                        PROFILE=tiny|cpu|gpu picks the size, SIZE=64 the image size, FRESH=1 starts
+#                        a new run, CONTINUE=1 goes on although the folder's files changed,
+#                        STEPS=N changes the number of steps (default: by the folder's size),
+#                        INIT=reference starts from the shipped emoji weights,
 #                        RUNS=dir keeps run folders somewhere else than runs/
+#   make generate RUN=runs/<run> N=100   N new PNG files from a run's EMA weights (SEED=0)
 #   make test            set up .venv if needed, run the unit tests and every notebook (tiny profile)
 #   make lab             set up .venv if needed, open JupyterLab at the course
 #   make test-gpu        the notebooks at full size (DDPM_PROFILE=gpu), on a machine with a GPU
@@ -21,8 +25,14 @@ FRESH ?= 0
 STEPS ?= 0
 INIT ?=
 RUNS ?= runs
+DATA ?=
+SIZE ?= 0
+CONTINUE ?= 0
+RUN ?=
+N ?= 100
+SEED ?= 0
 
-.PHONY: setup train test test-unit test-gpu lab notebooks clean
+.PHONY: setup train generate test test-unit test-gpu lab notebooks clean
 
 setup: $(STAMP)
 
@@ -33,15 +43,21 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-# Lesson 09 headless: papermill streams the notebook's output here and saves the executed copy in
-# the run folder (runs/<timestamp>/), next to its checkpoints, samples.png and loss.png.
+# Lesson 09 headless. First `runs prepare` reads the folder (a bad one stops here, before any run
+# folder exists) and picks the run folder: the unfinished run on the same data, profile and size, or
+# a new one. Then papermill streams the notebook's output here and saves the executed copy in the
+# run folder, next to its checkpoints, samples and results.
 train: $(STAMP)
-	@run=$$(DDPM_PROFILE=$(PROFILE) $(BIN)/python -c "from ddpm_lessons.training import run_folder; \
-	from ddpm_lessons.profiles import get_profile; \
-	print(run_folder('$(RUNS)', fresh=$(FRESH) == 1, tag=get_profile().name))") && echo "run folder: $$run" && \
+	@run=$$(DDPM_PROFILE=$(PROFILE) $(BIN)/python -m ddpm_lessons.runs prepare --runs "$(RUNS)" \
+	  --data "$(DATA)" --size $(SIZE) --steps $(STEPS) --init "$(INIT)" \
+	  $(if $(filter 1,$(FRESH)),--fresh) $(if $(filter 1,$(CONTINUE)),--continue)) || exit 2; \
+	echo "run folder: $$run" && \
 	DDPM_PROFILE=$(PROFILE) $(BIN)/papermill notebooks/09_full_training.ipynb $$run/09_full_training.ipynb \
-	  --cwd notebooks --log-output --no-progress-bar -p run_dir "$$(cd $$run && pwd)" -p train_steps $(STEPS) \
-	  -p init_from "$(INIT)"
+	  --cwd notebooks --log-output --no-progress-bar -p run_dir "$$(cd $$run && pwd)"
+
+generate: $(STAMP)
+	@test -n "$(RUN)" || { echo "error: name a run folder: make generate RUN=runs/<run> N=100" >&2; exit 2; }
+	@$(BIN)/python -m ddpm_lessons.runs generate "$(RUN)" -n $(N) --seed $(SEED)
 
 # One pytest call runs the unit tests and every notebook (nbval costs ~4 s per call).
 test: $(STAMP)

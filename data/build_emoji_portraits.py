@@ -1,16 +1,26 @@
-"""Build the course's default image set: portrait-like emoji on a white background.
+"""Build the course's emoji image sets: portrait-like emoji (the default) or Twemoji things.
 
-The images are Google's Noto Emoji (Apache-2.0) as 64x64 RGBA PNGs, taken from the npm
-package ``emoji-datasource-google`` (its metadata ``emoji.json`` is MIT, Copyright (c) 2013
-Cal Henderson). We keep the emoji whose subcategory is ``person``, ``person-gesture``,
-``person-role``, ``person-fantasy`` or any ``face-*`` (all the Smileys faces), plus every
-skin-tone variation of them: 290 base images + 825 skin tones = 1,115 images.
+Both sets are made from the 64x64 RGBA PNGs of an npm package of emoji-data
+(https://github.com/iamcal/emoji-data; its metadata ``emoji.json`` is MIT, Copyright (c) 2013
+Cal Henderson), one package per image vendor. ``--set`` chooses the set (see ``SETS`` below):
+
+``--set portraits`` (the default) -> ``data/emoji-portraits/``, the course's default data set.
+    Google's Noto Emoji (Apache-2.0) from the package ``emoji-datasource-google``. We keep the
+    emoji whose subcategory is ``person``, ``person-gesture``, ``person-role``, ``person-fantasy``
+    or any ``face-*`` (all the Smileys faces), plus every skin-tone variation of them:
+    290 base images + 825 skin tones = 1,115 images.
+
+``--set things`` -> ``data/twemoji-things/``, a second folder of a different look and content.
+    Twitter's Twemoji (CC-BY 4.0, Twitter, Inc. and other contributors) from the package
+    ``emoji-datasource-twitter``. We keep every emoji of the categories ``Animals & Nature``,
+    ``Food & Drink``, ``Travel & Places``, ``Activities`` and ``Objects`` that has a Twitter image
+    (no people, smileys, flags or symbols; no skin-tone variations): 857 images.
 
 Each RGBA image is alpha-composited onto plain white and saved as a 64x64 RGB PNG, so the
 folder is an ordinary image folder: the course reads it with the same loader as a learner's
 own pictures (``ddpm_lessons.data.read_image_folder``).
 
-How to rebuild (needs npm, Python 3.10+, numpy and Pillow; a few seconds):
+How to rebuild (needs npm, Python 3.10+, numpy and Pillow; a few seconds per set):
 
     cd /tmp
     npm pack emoji-datasource-google@16.0.0        # -> emoji-datasource-google-16.0.0.tgz (74 MB)
@@ -18,11 +28,23 @@ How to rebuild (needs npm, Python 3.10+, numpy and Pillow; a few seconds):
     cd -                                           # back to the repository root
     python data/build_emoji_portraits.py --package /tmp/package --out data/emoji-portraits
 
+    # the Twemoji set; it unpacks to ./package/ too, so give it a folder of its own
+    cd /tmp
+    npm pack emoji-datasource-twitter@16.0.0       # -> emoji-datasource-twitter-16.0.0.tgz (62 MB)
+    mkdir -p twitter && tar xzf emoji-datasource-twitter-16.0.0.tgz -C twitter   # -> ./twitter/package/
+    cd -
+    python data/build_emoji_portraits.py --set things --package /tmp/twitter/package --out data/twemoji-things
+
 Output (the folder is emptied of old *.png first):
     data/emoji-portraits/<subcategory>_<sort>_<short-name>[_<skin-tone>].png
         e.g. person-role_0289_health-worker_medium-dark.png  (sort = the package's sort_order)
     data/emoji-portraits/labels.csv    file,name,subcategory,skin_tone
     data/emoji-portraits/LICENSE.txt   Apache-2.0 notice for the images, MIT notice for the data
+
+    data/twemoji-things/<category>_<subcategory>_<sort>_<short-name>.png  (names slugged)
+        e.g. animals-nature_animal-mammal_0565_dog.png  (emoji.json: "dog face")
+    data/twemoji-things/labels.csv     file,name,category,subcategory  (as in emoji.json)
+    data/twemoji-things/LICENSE.txt    CC-BY 4.0 attribution for the images, MIT notice for the data
 
 The output is deterministic: the same package version gives byte-identical files.
 """
@@ -34,18 +56,21 @@ import csv
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
 
-PACKAGE = "emoji-datasource-google"
-VERSION = "16.0.0"
+VERSION = "16.0.0"               # of the emoji-datasource-* npm packages
 NOTO_VERSION = "v2.048"          # the package README's table: Google images = Noto Emoji v2.048
+TWEMOJI_VERSION = "v16.0.1"      # the same table: Twitter images = Twemoji (fork) v16.0.1
 SIZE = 64
 BACKGROUND = (255, 255, 255)
 SUBCATEGORIES = ("person", "person-gesture", "person-role", "person-fantasy")  # + every face-*
-MIN_COUNT = 1000
+THINGS_CATEGORIES = ("Animals & Nature", "Food & Drink", "Travel & Places", "Activities",
+                     "Objects")
 SKIN_TONES = {"1F3FB": "light", "1F3FC": "medium-light", "1F3FD": "medium",
               "1F3FE": "medium-dark", "1F3FF": "dark"}
 
@@ -66,22 +91,39 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def select(emoji: list[dict]) -> list[dict]:
-    """One row per image to build, in the package's sort order, skin tones after their base."""
+def select(emoji: list[dict], vendor: str = "google") -> list[dict]:
+    """Portraits: one row per image to build, in the package's sort order, skin tones after
+    their base."""
+    has_img = f"has_img_{vendor}"
     rows = []
     for e in sorted(emoji, key=lambda e: e["sort_order"]):
-        if not (keep_subcategory(e["subcategory"]) and e.get("has_img_google")):
+        if not (keep_subcategory(e["subcategory"]) and e.get(has_img)):
             continue
         base = f"{e['subcategory']}_{e['sort_order']:04d}_{slug(e['short_name'])}"
         name = (e.get("name") or e["short_name"]).lower()
         rows.append(dict(file=f"{base}.png", name=name, subcategory=e["subcategory"],
                          skin_tone="none", image=e["image"]))
         for key, var in sorted((e.get("skin_variations") or {}).items()):
-            if not var.get("has_img_google"):
+            if not var.get(has_img):
                 continue
             tone = skin_tone_label(key)
             rows.append(dict(file=f"{base}_{tone}.png", name=name, subcategory=e["subcategory"],
                              skin_tone=tone, image=var["image"]))
+    return rows
+
+
+def select_things(emoji: list[dict], vendor: str = "twitter") -> list[dict]:
+    """Things: one row per emoji of THINGS_CATEGORIES that has an image, in the package's sort
+    order; skin-tone variations are ignored."""
+    has_img = f"has_img_{vendor}"
+    rows = []
+    for e in sorted(emoji, key=lambda e: e["sort_order"]):
+        if not (e["category"] in THINGS_CATEGORIES and e.get(has_img)):
+            continue
+        file = (f"{slug(e['category'])}_{slug(e['subcategory'])}_{e['sort_order']:04d}_"
+                f"{slug(e['short_name'])}.png")
+        rows.append(dict(file=file, name=(e.get("name") or e["short_name"]).lower(),
+                         category=e["category"], subcategory=e["subcategory"], image=e["image"]))
     return rows
 
 
@@ -96,21 +138,26 @@ def composite_on_white(path: Path) -> Image.Image:
         return Image.alpha_composite(background, im).convert("RGB")
 
 
-def build(package: Path, out: Path) -> list[dict]:
+def build(package: Path, out: Path, set_name: str = "portraits") -> list[dict]:
+    spec = SETS[set_name]
     emoji_json = package / "emoji.json"
-    img_dir = package / "img" / "google" / "64"
+    img_dir = package / "img" / spec.vendor / "64"
     if not emoji_json.is_file() or not img_dir.is_dir():
-        sys.exit(f"error: {package} does not look like the unpacked {PACKAGE} package "
-                 f"(need emoji.json and img/google/64/). See this script's docstring.")
+        sys.exit(f"error: {package} does not look like the unpacked {spec.package} package "
+                 f"(need emoji.json and img/{spec.vendor}/64/). See this script's docstring.")
     meta = json.loads((package / "package.json").read_text())
+    if meta.get("name") not in (None, spec.package):
+        sys.exit(f"error: {package} is the package {meta.get('name')}; --set {set_name} needs "
+                 f"{spec.package}. See this script's docstring.")
     if meta.get("version") != VERSION:
         print(f"warning: package version {meta.get('version')}, this script was written for "
               f"{VERSION}; counts may differ", file=sys.stderr)
 
-    rows = select(json.loads(emoji_json.read_text(encoding="utf-8")))
+    rows = spec.select(json.loads(emoji_json.read_text(encoding="utf-8")), spec.vendor)
     files = [r["file"] for r in rows]
     assert len(set(files)) == len(files), "file names are not unique"
-    assert len(rows) >= MIN_COUNT, f"only {len(rows)} images selected, expected >= {MIN_COUNT}"
+    assert len(rows) >= spec.min_count, \
+        f"only {len(rows)} images selected, expected >= {spec.min_count}"
 
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):
@@ -121,21 +168,21 @@ def build(package: Path, out: Path) -> list[dict]:
         rgb.save(out / r["file"], format="PNG", optimize=True)
 
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["file", "name", "subcategory", "skin_tone"],
-                                lineterminator="\n")
+        writer = csv.DictWriter(f, fieldnames=list(spec.fields), lineterminator="\n")
         writer.writeheader()
         for r in rows:
             writer.writerow({k: r[k] for k in writer.fieldnames})
-    (out / "LICENSE.txt").write_text(license_text(), encoding="utf-8")
+    (out / "LICENSE.txt").write_text(spec.license_text(), encoding="utf-8")
     return rows
 
 
 def license_text() -> str:
+    package = SETS["portraits"].package
     return f"""\
 The images in this folder are Noto Emoji images by Google (https://github.com/googlefonts/noto-emoji),
 {NOTO_VERSION}, Copyright Google Inc. and the Noto Emoji contributors, licensed under the Apache License,
 Version 2.0 (full text below). They were taken as 64x64 RGBA PNGs from the npm package
-{PACKAGE}@{VERSION} (https://github.com/iamcal/emoji-data).
+{package}@{VERSION} (https://github.com/iamcal/emoji-data).
 
 Changes made: a selection of the images (people, roles, gestures, fantasy characters and faces,
 with their skin-tone variations) was alpha-composited onto a plain white background and saved as
@@ -150,26 +197,83 @@ License:
 {APACHE_LICENSE}"""
 
 
-def summary(rows: list[dict]) -> str:
-    by_sub = collections.Counter(r["subcategory"] for r in rows)
-    by_tone = collections.Counter(r["skin_tone"] for r in rows)
+def license_text_things() -> str:
+    package = SETS["things"].package
+    return f"""\
+The images in this folder are Twemoji graphics (https://github.com/jdecked/twemoji, {TWEMOJI_VERSION},
+the maintained fork of https://github.com/twitter/twemoji),
+Copyright Twitter, Inc. and other contributors,
+licensed under the Creative Commons Attribution 4.0 International license (CC BY 4.0):
+https://creativecommons.org/licenses/by/4.0/
+
+They were taken as 64x64 RGBA PNGs from the npm package {package}@{VERSION}
+(https://github.com/iamcal/emoji-data), whose README says: "Twitter images are available under the
+Creative Commons Attribution 4.0 license" (linking to
+https://github.com/jdecked/twemoji/blob/v15.0.2/LICENSE-GRAPHICS).
+
+Changes made: a selection of the images (every emoji of the categories Animals & Nature,
+Food & Drink, Travel & Places, Activities and Objects) was alpha-composited onto a plain white
+background and saved as 64x64 RGB PNG files under new names, by data/build_emoji_portraits.py
+of the ddpm-lessons course. The changed images are shared under the same CC BY 4.0 license.
+
+No warranties are given: see the license's Section 5, Disclaimer of Warranties and Limitation of
+Liability (https://creativecommons.org/licenses/by/4.0/legalcode).
+
+labels.csv is derived from emoji.json of the same package (emoji-data), which is under the MIT
+License:
+
+------------------------------------------------------------------------------------------------
+{MIT_LICENSE}------------------------------------------------------------------------------------------------
+"""
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    package: str                                   # npm package, at VERSION
+    vendor: str                                    # img/<vendor>/64/ and has_img_<vendor>
+    folder: str                                    # default output folder next to this script
+    select: Callable[[list[dict], str], list[dict]]
+    fields: tuple[str, ...]                        # labels.csv columns (also the summary's)
+    min_count: int                                 # sanity check on the selection
+    license_text: Callable[[], str]
+
+
+SETS = {
+    "portraits": ImageSet("emoji-datasource-google", "google", "emoji-portraits", select,
+                          ("file", "name", "subcategory", "skin_tone"), 1000, license_text),
+    "things": ImageSet("emoji-datasource-twitter", "twitter", "twemoji-things", select_things,
+                       ("file", "name", "category", "subcategory"), 800, license_text_things),
+}
+
+
+def summary(rows: list[dict], keys: tuple[str, ...] = ("subcategory", "skin_tone")) -> str:
     lines = [f"{len(rows)} images"]
-    lines += [f"  {k:24s} {v:5d}" for k, v in sorted(by_sub.items())]
-    lines += ["by skin tone:"] + [f"  {k:24s} {v:5d}" for k, v in sorted(by_tone.items())]
+    for i, key in enumerate(keys):
+        if i:
+            lines.append(f"by {key.replace('_', ' ')}:")
+        counts = collections.Counter(r[key] for r in rows)
+        lines += [f"  {k:24s} {v:5d}" for k, v in sorted(counts.items())]
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", dest="set_name", choices=sorted(SETS), default="portraits",
+                        help="which image set to build (default: portraits)")
     parser.add_argument("--package", type=Path, required=True,
-                        help=f"the unpacked npm package {PACKAGE}@{VERSION} (the 'package' folder)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "emoji-portraits",
-                        help="output folder (default: data/emoji-portraits next to this script)")
+                        help=f"the unpacked npm package (the 'package' folder): "
+                             f"{SETS['portraits'].package}@{VERSION} for portraits, "
+                             f"{SETS['things'].package}@{VERSION} for things")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: data/emoji-portraits or data/twemoji-things "
+                             "next to this script)")
     args = parser.parse_args(argv)
-    rows = build(args.package, args.out)
-    size = sum(p.stat().st_size for p in args.out.iterdir())
-    print(summary(rows))
-    print(f"wrote {len(rows)} PNGs + labels.csv + LICENSE.txt to {args.out} ({size / 1e6:.1f} MB)")
+    spec = SETS[args.set_name]
+    out = args.out if args.out is not None else Path(__file__).parent / spec.folder
+    rows = build(args.package, out, args.set_name)
+    size = sum(p.stat().st_size for p in out.iterdir())
+    print(summary(rows, spec.fields[2:]))
+    print(f"wrote {len(rows)} PNGs + labels.csv + LICENSE.txt to {out} ({size / 1e6:.1f} MB)")
 
 
 MIT_LICENSE = """\

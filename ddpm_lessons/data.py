@@ -16,7 +16,8 @@ EXIF orientation, convert to 8-bit RGB (transparency composited onto white; 16-b
 not clipped; CMYK, grayscale and palette converted), centre-crop to a square and resize.
 A file that cannot be used is skipped and named in the report with its reason; nothing
 is dropped silently. The course's default data is an ordinary folder read the same way
-(``default_dataset_path()``). This module imports neither matplotlib nor ipywidgets.
+(``default_dataset_path()``). This module imports neither matplotlib nor ipywidgets, and
+TensorFlow only for ``make_dataset`` (so checking a folder is quick and quiet).
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Extensions that announce a picture: such a file that cannot be used is reported as skipped.
@@ -279,24 +279,26 @@ def read_image_folder(path, image_size: int, min_size: int = 16,
 
 def to_unit_range(images):
     """uint8 pixels -> float32 in [-1, 1]: x = pixel / 127.5 - 1 (NumPy in, NumPy out; tensor in, tensor out)."""
-    if tf.is_tensor(images):
+    if type(images).__module__.startswith("tensorflow"):   # a tensor (eager or inside tf.data)
+        import tensorflow as tf
         return tf.cast(images, tf.float32) / 127.5 - 1.0
     return np.asarray(images, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
 def from_unit_range(x) -> np.ndarray:
     """[-1, 1] floats (array or tensor) -> uint8 pixels: round((x + 1) * 127.5), clipped to 0..255."""
-    x = np.asarray(x.numpy() if tf.is_tensor(x) else x, dtype=np.float32)
+    x = np.asarray(x.numpy() if hasattr(x, "numpy") else x, dtype=np.float32)
     return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def make_dataset(images_uint8, batch_size: int, shuffle: bool = True, flip: bool = True,
-                 seed: int = 0, repeat: bool = False, drop_remainder: bool = True) -> tf.data.Dataset:
+                 seed: int = 0, repeat: bool = False, drop_remainder: bool = True):
     """A tf.data pipeline of float32 batches (B, H, W, 3) in [-1, 1].
 
     shuffle (seeded, reshuffled every pass) -> [repeat] -> random left-right flip (seeded,
-    stateless) -> scale to [-1, 1] -> batch -> prefetch.
+    stateless) -> scale to [-1, 1] -> batch -> prefetch. Returns a ``tf.data.Dataset``.
     """
+    import tensorflow as tf
     images = np.asarray(images_uint8)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {images.dtype} "

@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from .forward import q_sample
+from .runs import locked_by_another
 from .schedule import NoiseSchedule
 
 
@@ -84,45 +85,6 @@ def load_reference_weights(model: keras.Model) -> keras.Model:
     return model
 
 
-def _locked_by_another(lock: Path) -> bool:
-    """True while the process whose pid is in ``lock`` is alive and is not this one."""
-    try:
-        pid = int(lock.read_text())
-    except (OSError, ValueError):
-        return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-def run_folder(root="runs", fresh: bool = False, tag: str = "") -> Path:
-    """The folder of a training run: the newest unfinished, idle run under ``root`` whose name
-    ends with ``tag`` (so running the same command again resumes it), or a new
-    ``root/<YYYYmmdd-HHMMSS>[-tag]``. A run is finished once it holds ``finished.json``; it is
-    busy while another process trains in it (see ``Trainer``'s lock)."""
-    root = Path(root)
-    suffix = f"-{tag}" if tag else ""
-    if not fresh and root.is_dir():
-        runs = sorted(p for p in root.iterdir()
-                      if p.is_dir() and p.name[:8].isdigit() and p.name[15:] == suffix)
-        if (runs and not (runs[-1] / "finished.json").exists()
-                and not _locked_by_another(runs[-1] / "checkpoints" / "lock")):
-            return runs[-1]
-    while True:
-        path = root / (time.strftime("%Y%m%d-%H%M%S") + suffix)
-        if not path.exists():
-            break
-        time.sleep(1)
-    path.mkdir(parents=True)
-    return path
-
-
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN or Inf; the message says at which step and what to try."""
 
@@ -164,7 +126,7 @@ class Trainer:
                                               optimizer=self.optimizer, step=self.step, rng=self.rng)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         if self.checkpoint_dir:
-            if _locked_by_another(self.checkpoint_dir / "lock"):
+            if locked_by_another(self.checkpoint_dir / "lock"):
                 raise RuntimeError(
                     f"another process is training with the checkpoints in {self.checkpoint_dir} (its pid "
                     "is in the file 'lock' there); stop it first, or train in a new run folder")
@@ -199,6 +161,23 @@ class Trainer:
             ema_w.assign(decay * ema_w + (1.0 - decay) * w)
         self.step.assign_add(1)
         return loss, per_example, t
+
+    def time_steps(self, x0, num_steps: int = 5) -> float:
+        """Seconds per compiled training step on batch ``x0``, measured over ``num_steps`` steps after
+        one untimed step (which traces the step the first time). Training state is left as it was:
+        weights, EMA, optimizer, step counter and random numbers are put back afterwards."""
+        variables = (self.model.variables + self.ema_model.variables + self.optimizer.variables
+                     + [self.step, self.rng.state])
+        saved = [v.numpy() for v in variables]
+        self._compiled_step(x0)
+        t0 = time.perf_counter()
+        for _ in range(num_steps):
+            loss, _, _ = self._compiled_step(x0)
+        float(loss)                                    # wait for the last step to finish
+        seconds = (time.perf_counter() - t0) / num_steps
+        for v, value in zip(variables, saved):
+            v.assign(value)
+        return seconds
 
     def train_step(self, x0) -> float:
         """One compiled step; raises ``TrainingDiverged`` on a NaN/Inf loss (nothing is saved)."""

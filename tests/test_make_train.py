@@ -1,7 +1,10 @@
-"""The main job as a new user runs it: `make train PROFILE=tiny`, killed hard, then run again.
+"""The main job as a new user runs it: `make train DATA=<folder> PROFILE=tiny`, killed hard, then
+run again; and the mistakes a user makes with DATA.
 
 The second run must continue the first one's run folder from its last checkpoint (not start
-over), finish at the requested step and leave the run folder's files.
+over), finish at the requested step and leave the run folder's files, one PNG per sample among
+them. A folder whose files changed in between is refused with a message; a bad DATA stops before
+any run folder exists.
 """
 import json
 import os
@@ -12,7 +15,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(shutil.which("make") is None or not (ROOT / ".venv" / "bin" / "papermill").exists(),
@@ -38,13 +43,25 @@ def kill_hard(proc, run):
     time.sleep(1)
 
 
-def test_make_train_survives_kill_9_and_resumes(tmp_path):
-    runs = tmp_path / "runs"
-    first = make_train(runs, "FRESH=1", "STEPS=400")
+def picture_folder(path, n=40, size=24):
+    """n small generated pictures (a coloured square on a plain background), some in a sub-folder."""
+    rng = np.random.default_rng(0)
+    (path / "more").mkdir(parents=True)
+    for i in range(n):
+        img = np.full((size, size, 3), rng.integers(0, 256, 3), np.uint8)
+        y, x = rng.integers(0, size // 2, 2)
+        img[y: y + size // 2, x: x + size // 2] = rng.integers(0, 256, 3)
+        Image.fromarray(img).save(path / ("more" if i % 4 == 0 else "") / f"pic_{i:03d}.png")
+    return path
+
+
+def test_make_train_on_a_folder_survives_kill_9_and_resumes(tmp_path):
+    runs, data = tmp_path / "runs", picture_folder(tmp_path / "my pictures")
+    first = make_train(runs, f"DATA={data}", "FRESH=1", "STEPS=400")
     deadline = time.time() + 300
     run = None
     while time.time() < deadline and first.poll() is None:
-        found = list(runs.glob("*-tiny/checkpoints/ckpt-*.index")) if runs.exists() else []
+        found = list(runs.glob("*-tiny-my-pictures/checkpoints/history.json")) if runs.exists() else []  # after a save
         if found:
             run = found[0].parent.parent
             break
@@ -53,7 +70,14 @@ def test_make_train_survives_kill_9_and_resumes(tmp_path):
     kill_hard(first, run)
     assert not (run / "finished.json").exists(), "the first run must have been stopped before its end"
 
-    second = make_train(runs)                       # no FRESH, no STEPS: continue the same run
+    Image.new("RGB", (24, 24), "red").save(data / "added later.png")        # the folder changes
+    changed = make_train(runs, f"DATA={data}")
+    out, _ = changed.communicate(timeout=120)
+    assert changed.returncode != 0 and "1 file added (added later.png)" in out and "FRESH=1" in out, out
+    assert "Traceback" not in out
+    (data / "added later.png").unlink()
+
+    second = make_train(runs, f"DATA={data}")       # no FRESH, no STEPS: continue the same run
     out, _ = second.communicate(timeout=600)
     assert second.returncode == 0, out[-3000:]
     assert f"run folder: {run}" in out, out[:500]
@@ -61,9 +85,32 @@ def test_make_train_survives_kill_9_and_resumes(tmp_path):
     assert m, out[-3000:]
     start, total = int(m.group(1)), int(m.group(2))
     assert total == 400 and 10 <= start < 400 and start % 10 == 0, (start, total)
-    assert "continuing the run" in out
+    assert "continuing the run" in out and "estimate on this machine" in out
     results = json.loads((run / "results.json").read_text())
-    assert results["steps"] == 400
+    assert results["steps"] == 400 and results["images"] == 40
     for name in ("samples.png", "loss.png", "finished.json", "settings.json", "09_full_training.ipynb"):
         assert (run / name).exists(), f"{name} missing from the run folder"
+    pngs = sorted((run / "samples").glob("sample_*.png"))
+    assert len(pngs) == 64 and Image.open(pngs[0]).size == (16, 16), "one PNG file per final sample"
     assert len([p for p in runs.iterdir() if p.is_dir()]) == 1, "the second run must not open a new folder"
+
+    generated = subprocess.run(["make", "-s", "--no-print-directory", "generate", f"RUN={run}", "N=5"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert generated.returncode == 0, generated.stderr[-2000:]
+    new = sorted((run / "generated").glob("seed0_step400_*.png"))
+    assert len(new) == 5 and Image.open(new[0]).size == (16, 16)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "no pictures"])
+def test_make_train_with_a_bad_folder_says_so_and_leaves_nothing(tmp_path, case):
+    data = tmp_path / "pictures"
+    if case != "missing":
+        data.mkdir()
+    if case == "no pictures":
+        (data / "holiday.jpg").write_bytes(b"this is not a JPEG")
+    runs = tmp_path / "runs"
+    proc = make_train(runs, f"DATA={data}")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out
+    assert f"error: " in out and str(data) in out and "Traceback" not in out, out
+    assert not runs.exists(), "no run folder may be left behind"

@@ -60,19 +60,3 @@ def test_bad_settings_name_the_knob_and_the_fix(change, words):
     with pytest.raises(ValueError) as err:
         PROFILES["cpu"].replace(**change)
     assert words in str(err.value)
-
-
-def test_run_folder_resumes_the_newest_unfinished_run(tmp_path):
-    from ddpm_lessons.training import run_folder
-    first = run_folder(tmp_path)
-    assert run_folder(tmp_path) == first, "an unfinished run is continued"
-    (first / "finished.json").write_text("{}")
-    import time
-    time.sleep(1.1)
-    second = run_folder(tmp_path)
-    assert second != first and second.parent == tmp_path
-    time.sleep(1.1)
-    assert run_folder(tmp_path, fresh=True) not in (first, second), "fresh=True always starts a new run"
-    tiny = run_folder(tmp_path, tag="tiny")
-    assert tiny.name.endswith("-tiny") and run_folder(tmp_path, tag="cpu") != tiny, \
-        "a run of one profile is never continued by another"

@@ -1,0 +1,406 @@
+"""Lessons 09 and 10 — a training run on a folder of pictures, from one command.
+
+A *run folder* (``runs/<YYYYmmdd-HHMMSS>-<profile>-<data>/``) holds everything of one training
+run: ``settings.json`` (the profile's knobs, the data folder and a fingerprint of its files),
+``checkpoints/``, ``previews/``, and at the end ``samples.png``, ``samples/`` (one PNG per sample),
+``results.json`` and ``finished.json``.
+
+    prepare_run          check the folder first (no run folder is made for a bad one), then
+                         continue the unfinished run on the *same* folder, profile and image size,
+                         or start a new one; a folder whose files changed is said plainly
+    default_train_steps  how many steps for a folder of N images (a cap on passes over the data)
+    estimate_seconds     the run's time from a few measured steps and sampler evaluations
+    generate_pngs        N new PNG files from a run's EMA weights, finished or not
+
+The command line is what ``make train`` and ``make generate`` call::
+
+    python -m ddpm_lessons.runs prepare [--data DIR] [--size S] [--steps N] [--fresh] [--continue]
+    python -m ddpm_lessons.runs generate RUN [-n 100] [--seed 0] [--out DIR]
+
+A user mistake (a missing or empty folder, no usable picture, a changed folder) ends the command
+with a message that names the path and what to do, and exit status 2: never a traceback.
+This module imports neither matplotlib nor ipywidgets.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .profiles import Profile, get_profile
+
+# The default number of steps is the profile's train_steps, but never more than MAX_PASSES passes
+# over the data: a small folder is otherwise seen hundreds of times and the network learns to
+# give its pictures back (measured in lesson 10, section 5: notebooks/folder_size_study.py).
+MAX_PASSES = 200
+MIN_STEPS = 200          # fewer steps than this give blurs on any folder (lesson 09's previews)
+
+
+class UserError(Exception):
+    """A mistake in what was asked (bad folder, changed folder): shown as a message, not a traceback."""
+
+
+class FolderChanged(UserError):
+    """The folder of an unfinished run has other files now than when the run started."""
+
+
+# ----------------------------------------------------------------------------- the folder
+
+def list_folder(path) -> dict:
+    """{relative path: size in bytes} of every file under ``path`` that the loader reads."""
+    from .data import _list_files
+    root = Path(path)
+    return {rel: (root / rel).stat().st_size for rel in _list_files(root)}
+
+
+def fingerprint(files: dict) -> str:
+    """sha256 over the sorted 'relative path <tab> size' lines: changes when a file is added,
+    removed, renamed or rewritten with another size."""
+    text = "".join(f"{rel}\t{size}\n" for rel, size in sorted(files.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def describe_change(old: dict, new: dict, k: int = 3) -> str:
+    """'2 files added (a.png, b.png), 1 removed (c.png)' for two ``list_folder`` results."""
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    resized = sorted(f for f in set(old) & set(new) if old[f] != new[f])
+    parts = []
+    for words, names in (("added", added), ("removed", removed), ("changed", resized)):
+        if names:
+            more = f", ... {len(names) - k} more" if len(names) > k else ""
+            parts.append(f"{len(names)} file{'s' * (len(names) != 1)} {words} ({', '.join(names[:k])}{more})")
+    return ", ".join(parts) or "no file added or removed"
+
+
+def read_training_folder(path, image_size: int):
+    """``data.read_image_folder`` with a user mistake turned into ``UserError``: (images, report)."""
+    from .data import read_image_folder
+    try:
+        return read_image_folder(path, image_size)
+    except (FileNotFoundError, NotADirectoryError, ValueError, PermissionError) as err:
+        raise UserError(str(err)) from None
+
+
+def is_grayscale(images) -> bool:
+    """True when every pixel has R = G = B (a folder of grayscale pictures, read as RGB)."""
+    images = np.asarray(images)
+    return bool(np.all(images[..., 0] == images[..., 1]) and np.all(images[..., 1] == images[..., 2]))
+
+
+# ----------------------------------------------------------------------------- the plan
+
+def default_train_steps(num_images: int, batch_size: int, profile_steps: int,
+                        max_passes: int = MAX_PASSES, min_steps: int = MIN_STEPS) -> int:
+    """steps = min(profile_steps, max(min_steps, ceil(max_passes * N / batch))).
+
+    The profile's steps are what a large folder needs; a small folder stops after ``max_passes``
+    passes over its N images (e.g. 100 images, batch 32: 625 steps instead of 1,800).
+    """
+    by_passes = math.ceil(max_passes * num_images / batch_size)
+    return int(min(profile_steps, max(min_steps, by_passes)))
+
+
+def estimate_seconds(settings: Profile, start_step: int, step_seconds: float,
+                     eval_seconds_per_image: float, final_samples: int = 64,
+                     preview_samples: int = 16) -> dict:
+    """Seconds still to go, by part: training steps, previews and the final samples.
+
+    training = (train_steps - start_step) x step_seconds
+    sampling = (previews x preview_samples + final_samples) x sampler steps x eval_seconds_per_image
+    """
+    steps_left = max(0, settings.train_steps - start_step)
+    previews = settings.train_steps // settings.preview_every - start_step // settings.preview_every
+    evals = settings.sample_steps if settings.sampler != "ddpm" else settings.timesteps
+    sampling = (previews * preview_samples + final_samples) * evals * eval_seconds_per_image
+    training = steps_left * step_seconds
+    return {"training": training, "sampling": sampling, "total": training + sampling,
+            "steps_left": steps_left, "previews": previews}
+
+
+# ----------------------------------------------------------------------------- run folders
+
+def _slug(text: str, limit: int = 32) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:limit].lower() or "data"
+
+
+def read_settings(run) -> dict:
+    """A run's ``settings.json`` with its profile as a ``Profile`` (under the key "profile")."""
+    saved = json.loads((Path(run) / "settings.json").read_text())
+    p = dict(saved["profile"])
+    for key in ("channel_mults", "attention_resolutions"):
+        p[key] = tuple(p[key])
+    known = {f.name for f in dataclasses.fields(Profile)}
+    saved["profile"] = Profile(**{k: v for k, v in p.items() if k in known})
+    return saved
+
+
+def _run_matches(run: Path, data_path: str, profile_name: str, image_size: int) -> bool:
+    try:
+        s = read_settings(run)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return (s.get("data", {}).get("path") == data_path and s["profile"].name == profile_name
+            and s["profile"].image_size == image_size)
+
+
+def locked_by_another(lock: Path) -> bool:
+    """True while the process whose pid is in ``lock`` is alive and is not this one."""
+    try:
+        pid = int(lock.read_text())
+    except (OSError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:                     # a killed process that nobody has reaped yet (a zombie) holds no lock
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def find_unfinished_run(root, data_path: str, profile_name: str, image_size: int):
+    """The newest run under ``root`` on the same folder, profile and image size, if it is
+    unfinished (no ``finished.json``) and no other process trains in it; else None."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    runs = sorted((p for p in root.iterdir() if p.is_dir() and p.name[:8].isdigit()
+                   and _run_matches(p, data_path, profile_name, image_size)), key=lambda p: p.name)
+    if runs and not (runs[-1] / "finished.json").exists() \
+            and not locked_by_another(runs[-1] / "checkpoints" / "lock"):
+        return runs[-1]
+    return None
+
+
+def new_run_folder(root, tag: str) -> Path:
+    """A new, empty ``root/<YYYYmmdd-HHMMSS>-<tag>``."""
+    root = Path(root)
+    while True:
+        path = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
+        if not path.exists():
+            break
+        time.sleep(1)
+    path.mkdir(parents=True)
+    return path
+
+
+def prepare_run(root="runs", data=None, profile: Profile | None = None, image_size: int = 0,
+                steps: int = 0, fresh: bool = False, continue_changed: bool = False,
+                init_from: str = "", log=print):
+    """Check the folder, then pick the run folder: returns ``(run_path, plan)``.
+
+    data: a folder of pictures (None or "": the shipped emoji portraits). The folder is read
+    *before* any run folder is made, so a bad one leaves nothing behind (``UserError``).
+    An unfinished run on the same folder, profile and image size is continued unless ``fresh``;
+    if the folder's files changed since it started, ``FolderChanged`` says what changed, unless
+    ``continue_changed``. A new run gets the default step count for the folder's size
+    (``default_train_steps``) unless ``steps`` is given, and a batch no larger than the folder.
+    """
+    from .data import default_dataset_path
+    profile = profile or get_profile()
+    if image_size:
+        profile = profile.replace(image_size=int(image_size))   # Profile validates the size
+    folder = Path(data).expanduser() if data else default_dataset_path()
+    images, report = read_training_folder(folder, profile.image_size)
+    files = list_folder(folder)
+    data_path = str(folder.resolve())
+    n = report.num_images
+    plan = {"images": n, "report": report, "grayscale": is_grayscale(images), "notes": []}
+
+    run = None if fresh else find_unfinished_run(root, data_path, profile.name, profile.image_size)
+    if run is not None:
+        saved = read_settings(run)
+        old_files = json.loads((run / "data_files.json").read_text()) if (run / "data_files.json").exists() else {}
+        if saved["data"]["fingerprint"] != fingerprint(files) and not continue_changed:
+            raise FolderChanged(
+                f"the folder {folder} has changed since the unfinished run {run.name} started on it: "
+                f"{describe_change(old_files, files)}. Start over on the folder as it is now with FRESH=1 "
+                f"(python -m ddpm_lessons.runs prepare --fresh), or go on training the run with CONTINUE=1 "
+                f"(--continue).")
+        settings = saved["profile"]
+        if steps and int(steps) != settings.train_steps:
+            settings = settings.replace(train_steps=int(steps))
+            saved["profile"] = dataclasses.asdict(settings)
+            (run / "settings.json").write_text(json.dumps(saved, indent=1))
+        plan.update(run=run, settings=settings, continued=True)
+        return run, plan
+
+    batch = min(profile.batch_size, n)
+    if batch < profile.batch_size:
+        plan["notes"].append(f"only {n} images: the batch is {batch} instead of {profile.batch_size}")
+    train_steps = int(steps) or default_train_steps(n, batch, profile.train_steps)
+    if not steps and train_steps < profile.train_steps:
+        plan["notes"].append(f"{train_steps} steps instead of the profile's {profile.train_steps}: at most "
+                             f"{MAX_PASSES} passes over {n} images (more would teach the network to copy them)")
+    if plan["grayscale"]:
+        plan["notes"].append("every picture is grayscale: it trains as RGB with R = G = B, and the new "
+                             "images are saved as grayscale PNG files")
+    settings = profile.replace(batch_size=batch, train_steps=train_steps,
+                               preview_every=min(profile.preview_every, max(1, train_steps // 4)),
+                               checkpoint_every=min(profile.checkpoint_every, max(1, train_steps // 4)))
+    name = "emoji-portraits" if data_path == str(default_dataset_path().resolve()) else folder.resolve().name
+    run = new_run_folder(root, f"{profile.name}-{_slug(name)}")
+    (run / "data_files.json").write_text(json.dumps(files, indent=0))
+    (run / "settings.json").write_text(json.dumps({
+        "profile": dataclasses.asdict(settings), "init_from": init_from, "grayscale": plan["grayscale"],
+        "notes": plan["notes"],
+        "data": {"path": data_path, "fingerprint": fingerprint(files), "files": len(files), "images": n},
+    }, indent=1))
+    plan.update(run=run, settings=settings, continued=False)
+    return run, plan
+
+
+def describe_run(run) -> str:
+    """What this run will do, from its ``settings.json``, in a few lines."""
+    run = Path(run)
+    saved = read_settings(run)
+    s, n = saved["profile"], saved["data"]["images"]
+    continued = (run / "checkpoints" / "checkpoint").exists()
+    lines = [f"{'continuing the' if continued else 'new'} run {run.name} on {Path(saved['data']['path']).name}"
+             + (" from the shipped reference weights" if saved.get("init_from") == "reference" else ""),
+             f"  images      {n} (after de-duplication) at {s.image_size}x{s.image_size}",
+             f"  training    {s.train_steps} steps of {s.batch_size} images = "
+             f"{s.train_steps * s.batch_size / n:.0f} passes over the data",
+             f"  previews    every {s.preview_every} steps ({s.sampler}-{s.sample_steps}); checkpoints every "
+             f"{s.checkpoint_every} steps"]
+    lines += [f"  note: {note}" for note in saved.get("notes", [])]
+    return "\n".join(lines)
+
+
+def time_sampler_eval(model, schedule, batch: int = 16) -> float:
+    """Seconds per image per network evaluation while sampling (DDIM loop, after tracing it)."""
+    from .sampling import generate
+    generate(model, schedule, batch, "ddim", 2, 1.0, seed=0)        # traces the loop once
+    t0 = time.perf_counter()
+    generate(model, schedule, batch, "ddim", 4, 1.0, seed=0)
+    return (time.perf_counter() - t0) / (4 * batch)
+
+
+def format_estimate(est: dict, settings: Profile, step_seconds: float) -> str:
+    """The estimate as a sentence, with how to change it."""
+    s = settings
+    return (f"estimate on this machine: {est['training'] / 60:.1f} min for {est['steps_left']} steps "
+            f"(measured {step_seconds:.2f} s/step = {s.batch_size / step_seconds:.0f} img/s) + "
+            f"{est['sampling'] / 60:.1f} min of sampling = about {math.ceil(est['total'] / 60)} min from now. "
+            f"To change it: STEPS=N (now {s.train_steps}), SIZE=16 or a smaller folder.")
+
+
+# ----------------------------------------------------------------------------- new pictures
+
+def load_ema_model(run):
+    """(EMA U-Net, schedule, settings) from a run folder's latest checkpoint, finished or not."""
+    import tensorflow as tf
+    from .schedule import NoiseSchedule
+    from .unet import build_unet
+    run = Path(run)
+    if not (run / "settings.json").exists():
+        raise UserError(f"{run} is not a run folder (it has no settings.json); give a folder under runs/")
+    saved = read_settings(run)
+    settings = saved["profile"]
+    latest = tf.train.latest_checkpoint(str(run / "checkpoints"))
+    if latest is None:
+        raise UserError(f"the run {run} has no checkpoint yet (one is written every "
+                        f"{settings.checkpoint_every} steps); train it longer first (make train)")
+    ema = build_unet(settings, name="ema_unet")
+    tf.train.Checkpoint(ema_model=ema).restore(latest).expect_partial()
+    return ema, NoiseSchedule.from_kind(settings.schedule, settings.timesteps), saved, Path(latest).name
+
+
+def save_pngs(images, folder, prefix: str = "sample", grayscale: bool = False) -> list:
+    """Write images in [-1, 1] (N, H, W, 3) as ``folder/<prefix>_0000.png`` ...; returns the paths."""
+    from PIL import Image
+    from .data import from_unit_range
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = from_unit_range(images)
+    paths = []
+    for i, img in enumerate(pixels):
+        path = folder / f"{prefix}_{i:04d}.png"
+        if grayscale:
+            Image.fromarray(np.round(img.mean(-1)).astype(np.uint8), "L").save(path)
+        else:
+            Image.fromarray(img, "RGB").save(path)
+        paths.append(path)
+    return paths
+
+
+def generate_pngs(run, num_images: int = 100, seed: int = 0, out=None, progress: bool = True) -> list:
+    """``num_images`` new pictures from a run's EMA weights as PNG files in ``out``
+    (default ``<run>/generated/``), named ``seed<seed>_step<step>_NNNN.png``; returns the paths."""
+    from .sampling import generate
+    ema, schedule, saved, ckpt = load_ema_model(run)
+    s = saved["profile"]
+    step = int(ckpt.rsplit("-", 1)[-1])
+    if progress:
+        print(f"drawing {num_images} images from {Path(run).name} ({ckpt}, {s.sampler}-{s.sample_steps}) ...",
+              flush=True)
+    images = generate(ema, schedule, num_images, s.sampler, s.sample_steps, s.sample_eta, seed=seed)
+    out = Path(out) if out else Path(run) / "generated"
+    return save_pngs(images, out, prefix=f"seed{seed}_step{step}", grayscale=saved.get("grayscale", False))
+
+
+# ----------------------------------------------------------------------------- command line
+
+def main(argv=None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m ddpm_lessons.runs", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("prepare", help="check a folder and print the run folder to train in")
+    a.add_argument("--data", default="", help="folder of pictures (default: the shipped emoji portraits)")
+    a.add_argument("--runs", default="runs", help="where run folders live")
+    a.add_argument("--size", type=int, default=0, help="image size in pixels (default: the profile's)")
+    a.add_argument("--steps", type=int, default=0, help="training steps (default: by the folder's size)")
+    a.add_argument("--init", default="", help="'reference' = start from the shipped emoji weights")
+    a.add_argument("--fresh", action="store_true", help="start a new run even if one is unfinished")
+    a.add_argument("--continue", dest="continue_changed", action="store_true",
+                   help="go on with an unfinished run although its folder changed")
+    g = sub.add_parser("generate", help="write N new PNG files from a run's EMA weights")
+    g.add_argument("run", help="a run folder, e.g. runs/20261126-101500-cpu-my-pictures")
+    g.add_argument("-n", "--num", type=int, default=100)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", default=None, help="output folder (default: <run>/generated)")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "prepare":
+            if args.init not in ("", "reference"):
+                raise UserError(f"INIT={args.init!r} is not known: leave it empty (train from scratch) or "
+                                "give INIT=reference (start from the shipped emoji weights)")
+            try:
+                profile = get_profile()
+            except ValueError as err:
+                raise UserError(str(err)) from None
+            if args.init == "reference" and profile.name != "cpu":
+                raise UserError("INIT=reference needs PROFILE=cpu: the shipped weights are the cpu profile's U-Net")
+            try:
+                run, plan = prepare_run(args.runs, args.data, profile, args.size, args.steps, args.fresh,
+                                        args.continue_changed, args.init)
+            except ValueError as err:        # e.g. SIZE=30 that the U-Net cannot halve
+                raise UserError(str(err)) from None
+            print(run)            # the notebook prints the folder's report and the plan
+        else:
+            if args.num < 1:
+                raise UserError(f"N={args.num}: ask for at least one image")
+            paths = generate_pngs(args.run, args.num, args.seed, args.out)
+            print(f"wrote {len(paths)} PNG files to {paths[0].parent}")
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

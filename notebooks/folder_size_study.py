@@ -1,0 +1,84 @@
+"""How many steps for a folder of N pictures? The measurement behind ``runs.MAX_PASSES`` (lesson 10).
+
+For N = 100 and 300 pictures drawn (fixed seed) from ``data/twemoji-things`` — a folder nothing in
+the course was tuned on — train the ``cpu`` profile from scratch for its 1,800 steps and, at a few
+steps along the way, draw 64 samples with the preview sampler (same seeds each time) and measure:
+
+    swd            multi-scale SWD x1e3 of the samples against all pictures of the folder
+                   (no network involved, so it means the same on any folder; lower is better)
+    copy_share     share of samples whose nearest training picture (pixels, flips and 2-px shifts)
+                   is closer than 1/3 of the typical gap between two training pictures
+    median_ratio   median over samples of that distance / the typical gap (1 = as far as two
+                   different training pictures; near 0 = a copy)
+
+Writes notebooks/folder_size/results.json and a grid per (N, step). About 40 minutes on 2 cores:
+
+    .venv/bin/python notebooks/folder_size_study.py [--sizes 100 300] [--steps 1800]
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ddpm_lessons import plotting
+from ddpm_lessons.data import make_dataset, read_image_folder
+from ddpm_lessons.metrics import MemorisationCheck, swd
+from ddpm_lessons.profiles import get_profile
+from ddpm_lessons.sampling import generate
+from ddpm_lessons.schedule import NoiseSchedule
+from ddpm_lessons.training import Trainer, TrainConfig
+from ddpm_lessons.unet import build_unet
+
+HERE = Path(__file__).resolve().parent
+FOLDER = HERE.parent / "data" / "twemoji-things"
+OUT = HERE / "folder_size"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--sizes", type=int, nargs="+", default=[100, 300])
+    p.add_argument("--steps", type=int, default=1800)
+    p.add_argument("--evals", type=int, nargs="+", default=[200, 400, 625, 900, 1200, 1800])
+    args = p.parse_args()
+    import keras
+    profile = get_profile("cpu")
+    everything, _ = read_image_folder(FOLDER, profile.image_size)
+    OUT.mkdir(exist_ok=True)
+    path = OUT / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    for n in args.sizes:
+        keras.utils.set_random_seed(0)
+        pick = np.sort(np.random.default_rng(n).choice(len(everything), n, replace=False))
+        images = everything[pick]
+        settings = profile.replace(train_steps=args.steps)
+        schedule = NoiseSchedule.from_kind(settings.schedule, settings.timesteps)
+        trainer = Trainer(build_unet(settings), schedule, TrainConfig.from_profile(settings))
+        check = MemorisationCheck(images, feature_fn=None)
+        rows = []
+        ds = make_dataset(images, settings.batch_size, seed=0)
+        t_start = time.perf_counter()
+        for stop in [e for e in args.evals if e <= args.steps]:
+            trainer.fit(ds, stop, progress=False)
+            train_min = trainer.history["seconds"][-1] / 60
+            samples = generate(trainer.ema_model, schedule, 64, settings.sampler, settings.sample_steps,
+                               settings.sample_eta, seed=0)
+            c = check.check(samples)
+            row = {"step": stop, "passes": round(stop * settings.batch_size / n, 1),
+                   "train_minutes": round(train_min, 2), "swd": swd(samples, everything)["swd"],
+                   "copy_share": c["share_flagged"], "median_ratio": float(np.median(c["pixel_ratio"])),
+                   "loss": float(np.mean(trainer.history["loss"][-10:]))}
+            rows.append(row)
+            plotting.save_grid(OUT / f"n{n}_step{stop}.png", samples[:32], 8)
+            print(f"N={n} {json.dumps(row)}  ({(time.perf_counter() - t_start) / 60:.1f} min)", flush=True)
+        floor = swd(everything[np.random.default_rng(1).choice(len(everything), 64, replace=False)],
+                    everything)["swd"]
+        results[str(n)] = {"images": n, "batch_size": settings.batch_size, "rows": rows,
+                           "swd_real_64": floor}
+        path.write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from .data import from_unit_range
+
 
 def to_uint8(images) -> np.ndarray:
-    """uint8 images from uint8 or [-1, 1] floats (TensorFlow tensors are accepted)."""
+    """uint8 images from uint8 or [-1, 1] floats (TensorFlow tensors are accepted): uint8 pass
+    through, floats go through ``data.from_unit_range``, round((x + 1) * 127.5) clipped to 0..255."""
     images = np.asarray(images)
     if images.dtype == np.uint8:
         return images
-    return np.clip(np.round((images.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return from_unit_range(images)
 
 
 def image_grid(images, ncols: int = 8, pad: int = 1, pad_value: int = 255) -> np.ndarray:

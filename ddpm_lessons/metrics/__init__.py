@@ -1,0 +1,37 @@
+"""Lesson 11 — how good is it? Sample-quality scores with no downloaded weights, and memorisation.
+
+    features   the feature network: ``feature_fn`` maps images -> (N, 128) features of a small CNN
+               trained on the shipped data (weights in ``assets/feature_net.weights.h5``;
+               ``train_feature_net`` reproduces them); ``as_unit_float``, ``resize_images``
+    scores     ``kid``: Kernel Inception Distance (Binkowski et al. 2018), the unbiased MMD^2 with
+               the kernel k(x, y) = (x.y / d + 1)^3, +- a standard error from disjoint subsets;
+               ``swd``: multi-scale sliced Wasserstein distance on Laplacian-pyramid patches
+               (Karras et al. 2018), no network at all; ``ScoreReference``: real data split in
+               halves, scores against one half with the floor (real vs real) and ceilings (noise,
+               blurred data) at the same size; ``evaluate_samples``: all of it in one call -> dict
+    copies     memorisation: each sample's nearest training image (pixels and features, flips and
+               small shifts included) and which samples are near-copies (``MemorisationCheck``)
+    callback   ``ScoreCallback``: score a fixed seed's EMA samples every N training steps; keep the best
+
+Images are (N, H, W, 3), uint8 or floats in [-1, 1]. Command line (``__main__.py``):
+
+    python -m ddpm_lessons.metrics score <folder-or-npz> [--real <folder>] [--size 32]
+    python -m ddpm_lessons.metrics train-features      # rebuild the shipped feature network
+
+This package imports neither matplotlib nor ipywidgets.
+"""
+# (_pyr_up: tests/test_metrics.py rebuilds an image from its Laplacian pyramid with it)
+from .callback import ScoreCallback
+from .copies import MemorisationCheck, feature_nearest, pixel_nearest
+from .features import (ASSETS, FEATURE_INFO, FEATURE_SIZE, FEATURE_WEIGHTS, SKIN_TONES, SUBCATEGORIES,
+                       as_unit_float, build_feature_net, feature_fn, feature_info, feature_split,
+                       load_feature_net, load_labelled_data, resize_images, train_feature_net)
+from .scores import (ScoreReference, _pyr_up, evaluate_samples, format_scores, gaussian_blur, kid,
+                     laplacian_pyramid, mmd2_unbiased, polynomial_kernel, sliced_wasserstein, swd,
+                     swd_descriptors)
+
+
+def main(argv=None):
+    """The command line (``python -m ddpm_lessons.metrics``, see ``__main__.py``)."""
+    from .__main__ import main
+    return main(argv)

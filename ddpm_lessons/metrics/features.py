@@ -1,0 +1,210 @@
+"""The feature network of lesson 11: a small CNN trained on the shipped data, and its features.
+
+    feature_fn         images -> (N, 128) features (the global-average-pool layer of the network)
+    build_feature_net  conv3x3-BN-ReLU stack with two heads: subcategory and skin tone
+    train_feature_net  reproduces the shipped weights (``assets/feature_net.weights.h5``)
+    as_unit_float      uint8 or [-1, 1] floats -> float32 in [-1, 1] (every metric's input)
+    resize_images      bilinear, antialiased resize (the network sees 32x32)
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..data import to_unit_range
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"      # ddpm_lessons/assets
+FEATURE_WEIGHTS = ASSETS / "feature_net.weights.h5"
+FEATURE_INFO = ASSETS / "feature_net.json"
+FEATURE_SIZE = 32                  # the feature network sees 32x32 images
+SUBCATEGORIES = ("face", "person", "person-gesture", "person-role", "person-fantasy")
+SKIN_TONES = ("none", "light", "medium-light", "medium", "medium-dark", "dark")
+
+
+# ============================================================================ image helpers
+
+def as_unit_float(images) -> np.ndarray:
+    """uint8 pixels or [-1, 1] floats (array or tensor) -> float32 (N, H, W, C) in [-1, 1].
+
+    uint8: x = pixel / 127.5 - 1 (``data.to_unit_range``); floats are clipped to [-1, 1].
+    """
+    if hasattr(images, "numpy"):
+        images = images.numpy()
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape (N, H, W, C), got shape {images.shape}")
+    if images.dtype == np.uint8:
+        return to_unit_range(images)
+    return np.clip(images.astype(np.float32), -1.0, 1.0)
+
+
+def resize_images(images, size: int) -> np.ndarray:
+    """Resize float images (N, H, W, C) to size x size (bilinear, antialiased when shrinking)."""
+    import tensorflow as tf
+    x = as_unit_float(images)
+    if x.shape[1] == size and x.shape[2] == size:
+        return x
+    return tf.image.resize(x, (size, size), method="bilinear", antialias=True).numpy()
+
+
+# ============================================================================ the feature network
+
+def build_feature_net(widths=(32, 64, 128), num_subcategories=len(SUBCATEGORIES),
+                      num_skin_tones=len(SKIN_TONES)):
+    """A small CNN on 32x32 images in [-1, 1] with two heads (subcategory, skin tone).
+
+    conv3x3-BN-ReLU x2 (32) -> maxpool -> x2 (64) -> maxpool -> x1 (128) -> global average pool
+    = the **features** (B, 128) -> dropout -> two linear heads (logits). About 140k parameters.
+    """
+    import keras
+    from keras import layers
+    inp = keras.Input((FEATURE_SIZE, FEATURE_SIZE, 3), name="image")
+    x = inp
+    for level, width in enumerate(widths):
+        for _ in range(2 if level < len(widths) - 1 else 1):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.ReLU()(x)
+        if level < len(widths) - 1:
+            x = layers.MaxPooling2D(2)(x)
+    features = layers.GlobalAveragePooling2D(name="features")(x)
+    h = layers.Dropout(0.3)(features)
+    sub = layers.Dense(num_subcategories, name="subcategory")(h)
+    tone = layers.Dense(num_skin_tones, name="skin_tone")(h)
+    return keras.Model(inp, [sub, tone], name="feature_net")
+
+
+def _label_arrays(files, rows):
+    by_file = {r["file"]: r for r in rows}
+    sub, tone = [], []
+    for f in files:
+        r = by_file[Path(f).name]
+        s = "face" if r["subcategory"].startswith("face") else r["subcategory"]
+        sub.append(SUBCATEGORIES.index(s))
+        tone.append(SKIN_TONES.index(r["skin_tone"]))
+    return np.array(sub, np.int32), np.array(tone, np.int32)
+
+
+def feature_split(n: int, held_out: float = 0.15, seed: int = 0):
+    """(train indices, held-out indices) of a fixed random split of n images."""
+    order = np.random.default_rng(seed).permutation(n)
+    k = int(round(held_out * n))
+    return np.sort(order[k:]), np.sort(order[:k])
+
+
+def load_labelled_data(path=None, size: int = FEATURE_SIZE):
+    """The shipped images at ``size`` (uint8) with integer labels (subcategory, skin tone)."""
+    from ..data import default_dataset_path, read_image_folder, read_labels
+    path = default_dataset_path() if path is None else Path(path)
+    images, report = read_image_folder(path, size)
+    sub, tone = _label_arrays(report.used, read_labels(path))
+    return images, sub, tone
+
+
+def train_feature_net(out_dir=ASSETS, epochs: int = 30, batch_size: int = 64, seed: int = 0,
+                      held_out: float = 0.15, verbose: int = 0) -> dict:
+    """Train the feature network on the shipped data; write its weights and a JSON report.
+
+    Split: ``held_out`` of the images (fixed seed) are never trained on. Augmentation: random
+    left-right flips and shifts of up to 2 pixels. Adam 2e-3 with cosine decay, cross-entropy on
+    both heads. Returns the report (held-out accuracy of each head, sizes, time).
+    """
+    import keras
+    import tensorflow as tf
+    t0 = time.perf_counter()
+    keras.utils.set_random_seed(seed)
+    images, sub, tone = load_labelled_data()
+    train, test = feature_split(len(images), held_out, seed)
+    x = as_unit_float(images)
+    steps = epochs * math.ceil(len(train) / batch_size)
+
+    def augment(img, labels, s):
+        img = tf.image.stateless_random_flip_left_right(img, seed=s)
+        pad = tf.pad(img, [[2, 2], [2, 2], [0, 0]], mode="SYMMETRIC")
+        img = tf.image.stateless_random_crop(pad, tf.shape(img), seed=s + 1)
+        return img, labels
+
+    ds = tf.data.Dataset.from_tensor_slices((x[train], (sub[train], tone[train])))
+    ds = ds.shuffle(len(train), seed=seed, reshuffle_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds)).map(lambda d, s: augment(d[0], d[1], s))
+    ds = ds.batch(batch_size).prefetch(2)
+    model = build_feature_net()
+    lr = keras.optimizers.schedules.CosineDecay(2e-3, steps)
+    model.compile(optimizer=keras.optimizers.Adam(lr),
+                  loss=[keras.losses.SparseCategoricalCrossentropy(from_logits=True)] * 2,
+                  metrics=[["accuracy"], ["accuracy"]])
+    model.fit(ds, epochs=epochs, verbose=verbose)
+    p_sub, p_tone = model.predict(x[test], batch_size=256, verbose=0)
+    acc_sub = float(np.mean(p_sub.argmax(1) == sub[test]))
+    acc_tone = float(np.mean(p_tone.argmax(1) == tone[test]))
+    majority = lambda y: float(np.mean(y[test] == np.bincount(y[train]).argmax()))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bare = build_feature_net()              # an uncompiled copy: the file then holds no optimizer state
+    bare.set_weights(model.get_weights())
+    bare.save_weights(out_dir / FEATURE_WEIGHTS.name)
+    info = {
+        "what": "feature network for KID and memorisation checks (ddpm_lessons.metrics)",
+        "made_by": "python -m ddpm_lessons.metrics train-features",
+        "data": "data/emoji-portraits at 32x32, labels.csv (face-* subcategories merged into 'face')",
+        "classes": {"subcategory": list(SUBCATEGORIES), "skin_tone": list(SKIN_TONES)},
+        "images": len(images), "train_images": int(len(train)), "held_out_images": int(len(test)),
+        "split": f"held_out={held_out}, numpy default_rng({seed}).permutation",
+        "epochs": epochs, "batch_size": batch_size, "seed": seed,
+        "augmentation": "random left-right flip, random shift up to 2 px (symmetric padding)",
+        "optimizer": "Adam, lr 2e-3 cosine-decayed to 0, cross-entropy on both heads",
+        "parameters": int(model.count_params()), "feature_dims": int(model.get_layer("features").output.shape[-1]),
+        "held_out_accuracy": {"subcategory": round(acc_sub, 4), "skin_tone": round(acc_tone, 4)},
+        "majority_class_accuracy": {"subcategory": round(majority(sub), 4),
+                                    "skin_tone": round(majority(tone), 4)},
+        "train_seconds": round(time.perf_counter() - t0, 1),
+    }
+    (out_dir / FEATURE_INFO.name).write_text(json.dumps(info, indent=2) + "\n")
+    _FEATURE_MODELS.clear()
+    return info
+
+
+_FEATURE_MODELS: dict = {}
+
+
+def load_feature_net(weights=None):
+    """The shipped feature network (built from code, weights from ``assets/``; works offline).
+
+    Returns a Keras model ``image (B, 32, 32, 3) -> features (B, 128)``.
+    """
+    import keras
+    path = Path(weights) if weights else FEATURE_WEIGHTS
+    key = str(path)
+    if key not in _FEATURE_MODELS:
+        if not path.exists():
+            raise FileNotFoundError(f"feature-network weights not found: {path.name} in "
+                                    f"{path.parent.name}/. Rebuild them with "
+                                    "`python -m ddpm_lessons.metrics train-features`.")
+        full = build_feature_net()
+        full.load_weights(path)
+        _FEATURE_MODELS[key] = keras.Model(full.input, full.get_layer("features").output,
+                                           name="features")
+    return _FEATURE_MODELS[key]
+
+
+def feature_info() -> dict:
+    """The JSON report written with the shipped weights (held-out accuracy, how they were made)."""
+    return json.loads(FEATURE_INFO.read_text())
+
+
+def feature_fn(images, batch_size: int = 256) -> np.ndarray:
+    """Images (N, H, W, 3), uint8 or [-1, 1] -> (N, 128) float64 features of the shipped network.
+
+    Other sizes are resized to 32x32 first. Any function with this signature (images -> vectors)
+    can replace it in ``kid``, ``evaluate_samples`` and ``nearest_training``.
+    """
+    model = load_feature_net()
+    x = resize_images(images, FEATURE_SIZE)
+    out = [model(x[i:i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 128))
+

@@ -383,8 +383,9 @@ def main(argv=None) -> int:
                 profile = get_profile()
             except ValueError as err:
                 raise UserError(str(err)) from None
-            if args.init == "reference" and profile.name != "cpu":
-                raise UserError("INIT=reference needs PROFILE=cpu: the shipped weights are the cpu profile's U-Net")
+            if args.init == "reference" and (profile.name != "cpu" or args.size not in (0, profile.image_size)):
+                raise UserError("INIT=reference needs PROFILE=cpu at its image size (no SIZE=): the shipped "
+                                "weights are the cpu profile's U-Net at 32x32")
             try:
                 run, plan = prepare_run(args.runs, args.data, profile, args.size, args.steps, args.fresh,
                                         args.continue_changed, args.init)

@@ -11,9 +11,12 @@ steps along the way, draw 64 samples with the preview sampler (same seeds each t
     median_ratio   median over samples of that distance / the typical gap (1 = as far as two
                    different training pictures; near 0 = a copy)
 
-Writes notebooks/folder_size/results.json and a grid per (N, step). About 40 minutes on 2 cores:
+Writes notebooks/folder_size/results.json and a grid per (N, step) of 32 samples. About 40 minutes
+on 2 cores. Then ``--nearest`` draws, for the last grid of each N, every sample beside its nearest
+training picture (``n<N>_step<S>_nearest.png``), from the saved grids (seconds):
 
     .venv/bin/python notebooks/folder_size_study.py [--sizes 100 300] [--steps 1800]
+    .venv/bin/python notebooks/folder_size_study.py --nearest
 """
 import argparse
 import json
@@ -36,8 +39,34 @@ FOLDER = HERE.parent / "data" / "twemoji-things"
 OUT = HERE / "folder_size"
 
 
+def training_subset(everything, n):
+    """The n pictures a study run trains on (seeded by n)."""
+    return everything[np.sort(np.random.default_rng(n).choice(len(everything), n, replace=False))]
+
+
+def grid_images(path, size, ncols=8, pad=1):
+    """The images of a grid saved by plotting.save_grid, back as (N, size, size, 3) uint8."""
+    from PIL import Image
+    g = np.asarray(Image.open(path).convert("RGB"))
+    rows, cols = (g.shape[0] + pad) // (size + pad), (g.shape[1] + pad) // (size + pad)
+    return np.stack([g[r * (size + pad): r * (size + pad) + size, c * (size + pad): c * (size + pad) + size]
+                     for r in range(rows) for c in range(cols)])
+
+
+def nearest_figures(results, everything, size):
+    for n, r in results.items():
+        step = r["rows"][-1]["step"]
+        samples = grid_images(OUT / f"n{n}_step{step}.png", size)
+        train = training_subset(everything, int(n))
+        c = MemorisationCheck(train, feature_fn=None).check(samples)
+        pairs = np.concatenate([np.stack([s, train[i]]) for s, i in zip(samples, c["pixel_index"])])
+        plotting.save_grid(OUT / f"n{n}_step{step}_nearest.png", pairs, 16)
+        print(f"N={n} step {step}: nearest-picture ratios", np.round(np.sort(c["pixel_ratio"]), 2))
+
+
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--nearest", action="store_true", help="only draw the nearest-picture figures")
     p.add_argument("--sizes", type=int, nargs="+", default=[100, 300])
     p.add_argument("--steps", type=int, default=1800)
     p.add_argument("--evals", type=int, nargs="+", default=[200, 400, 625, 900, 1200, 1800])
@@ -48,10 +77,11 @@ def main():
     OUT.mkdir(exist_ok=True)
     path = OUT / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
+    if args.nearest:
+        return nearest_figures(results, everything, profile.image_size)
     for n in args.sizes:
         keras.utils.set_random_seed(0)
-        pick = np.sort(np.random.default_rng(n).choice(len(everything), n, replace=False))
-        images = everything[pick]
+        images = training_subset(everything, n)
         settings = profile.replace(train_steps=args.steps)
         schedule = NoiseSchedule.from_kind(settings.schedule, settings.timesteps)
         trainer = Trainer(build_unet(settings), schedule, TrainConfig.from_profile(settings))

@@ -17,6 +17,11 @@ training picture (``n<N>_step<S>_nearest.png``), from the saved grids (seconds):
 
     .venv/bin/python notebooks/folder_size_study.py [--sizes 100 300] [--steps 1800]
     .venv/bin/python notebooks/folder_size_study.py --nearest
+
+``--from-run RUN`` adds the row of a finished `make train DATA=data/twemoji-things` run (all 857
+pictures, the default a user gets): the same measures on its 64 final samples (``RUN/samples/``),
+its training minutes, the estimate it printed before its first step, the minutes from that estimate
+to its end, the wall time of the whole command (``--command-minutes``, timed outside), and its grid.
 """
 import argparse
 import json
@@ -64,9 +69,31 @@ def nearest_figures(results, everything, size):
         print(f"N={n} step {step}: nearest-picture ratios", np.round(np.sort(c["pixel_ratio"]), 2))
 
 
+def add_run(run, results, everything, path, command_minutes=None):
+    import shutil
+    from PIL import Image
+    samples = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in sorted((run / "samples").glob("*.png"))])
+    done = json.loads((run / "results.json").read_text())
+    c = MemorisationCheck(everything, feature_fn=None).check(samples)
+    settings = json.loads((run / "settings.json").read_text())["profile"]
+    row = {"step": done["steps"], "passes": round(done["steps"] * settings["batch_size"] / len(everything), 1),
+           "train_minutes": done["train_minutes"], "swd": swd(samples, everything)["swd"],
+           "copy_share": c["share_flagged"], "median_ratio": float(np.median(c["pixel_ratio"])),
+           "loss": done["final_loss_mean_last_100_steps"], "samples": len(samples),
+           "minutes_estimated": done.get("minutes_estimated_before_training"),
+           "minutes_after_estimate": done.get("minutes_after_estimate"), "command_minutes": command_minutes}
+    shutil.copy(run / "samples.png", OUT / "all_run.png")
+    results["all"] = {"images": len(everything), "batch_size": settings["batch_size"], "rows": [row],
+                      "run": run.name}
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps(results["all"], indent=1))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--nearest", action="store_true", help="only draw the nearest-picture figures")
+    p.add_argument("--from-run", default=None, help="add the row of a make train DATA=data/twemoji-things run")
+    p.add_argument("--command-minutes", type=float, default=None, help="its wall time, timed outside")
     p.add_argument("--sizes", type=int, nargs="+", default=[100, 300])
     p.add_argument("--steps", type=int, default=1800)
     p.add_argument("--evals", type=int, nargs="+", default=[200, 400, 625, 900, 1200, 1800])
@@ -78,7 +105,9 @@ def main():
     path = OUT / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     if args.nearest:
-        return nearest_figures(results, everything, profile.image_size)
+        return nearest_figures({k: v for k, v in results.items() if k != "all"}, everything, profile.image_size)
+    if args.from_run:
+        return add_run(Path(args.from_run), results, everything, path, args.command_minutes)
     for n in args.sizes:
         keras.utils.set_random_seed(0)
         images = training_subset(everything, n)

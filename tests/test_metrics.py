@@ -112,8 +112,33 @@ def test_swd_orders_real_blurred_and_noise(data16, data32, size):
 
 # ------------------------------------------------------------------ memorisation
 
-def test_memorisation_flags_copies_flips_and_shifts_but_not_distinct_images(data16):
-    train_idx, held_idx = feature_split(len(data16), 0.15, 0)
+@pytest.fixture(scope="module")
+def groups16(data16):
+    """Near-duplicate groups of the shipped images at 16x16: same emoji name, or closer than 3/4 of
+    the typical gap (skin tones of one emoji, 'man X' and 'woman X' pictures)."""
+    from ddpm_lessons.data import default_dataset_path, read_image_folder, read_labels
+    names = {r["file"]: r["name"] for r in read_labels()}
+    files = read_image_folder(default_dataset_path(), 16)[1].used
+    return metrics.near_duplicate_groups(data16, names=[names[f] for f in files])
+
+
+def test_groups_join_names_and_near_duplicates_and_the_split_keeps_them_whole(data16, groups16):
+    from ddpm_lessons.data import default_dataset_path, read_image_folder, read_labels
+    names = {r["file"]: r["name"] for r in read_labels()}
+    files = read_image_folder(default_dataset_path(), 16)[1].used
+    by_name = {}
+    for f, g in zip(files, groups16):
+        by_name.setdefault(names[f], set()).add(g)
+    assert all(len(g) == 1 for g in by_name.values()), "every skin tone of one emoji is in one group"
+    assert len(set(groups16)) < len(by_name), "near-identical pictures of different names are joined too"
+    train_idx, held_idx = metrics.grouped_split(groups16, 0.15, seed=0)
+    assert not set(groups16[train_idx]) & set(groups16[held_idx])
+    assert len(np.union1d(train_idx, held_idx)) == len(data16)
+    assert abs(len(set(groups16[held_idx])) - 0.15 * len(set(groups16))) <= 1
+
+
+def test_memorisation_flags_copies_flips_and_shifts_but_not_distinct_images(data16, groups16):
+    train_idx, held_idx = metrics.grouped_split(groups16, 0.15, seed=0)
     train = data16[train_idx]
     check = MemorisationCheck(train, feature_fn=None, num_reference=200)
     rng = np.random.default_rng(4)
@@ -124,10 +149,27 @@ def test_memorisation_flags_copies_flips_and_shifts_but_not_distinct_images(data
     for name, x in copies.items():
         r = check.check(x)
         assert r["flagged"].all(), f"{name}: only {r['share_flagged']:.0%} flagged, ratios {r['pixel_ratio']}"
-    held = check.check(data16[held_idx])
-    # held-out images are distinct (a few masked superheroes differ only in hidden skin tone)
+    held = check.check(data16[held_idx])        # new pictures: no near-copy on the training side
     assert held["share_flagged"] < 0.05, held["share_flagged"]
     assert np.median(held["pixel_ratio"]) > 0.6
+
+
+def test_an_average_of_pictures_is_flagged_far_less_than_by_distance_alone():
+    """The knn condition. In a folder of distinct pictures (data/twemoji-things, no skin-tone
+    siblings) a blurry mean of 4 pictures is closer to each of them than two pictures are to
+    each other, so the distance alone would call most such means copies; but a mean is not much
+    closer to one picture than to the next ones, so most are not flagged."""
+    from pathlib import Path
+    from ddpm_lessons.data import read_image_folder
+    x, _ = read_image_folder(Path(__file__).resolve().parent.parent / "data" / "twemoji-things", 16)
+    train = as_unit_float(x)[::3]
+    check = MemorisationCheck(train, feature_fn=None, num_reference=200)
+    rng = np.random.default_rng(0)
+    means = np.stack([train[rng.choice(len(train), 4, replace=False)].mean(0) for _ in range(30)])
+    r = check.check(means)
+    by_distance_alone = np.mean(r["pixel_ratio"] < check.threshold)
+    assert by_distance_alone > 0.8 and r["share_flagged"] < 0.5 * by_distance_alone, \
+        (by_distance_alone, r["share_flagged"])
 
 
 def test_memorisation_in_feature_space_finds_the_copied_image(data16):
@@ -135,7 +177,7 @@ def test_memorisation_in_feature_space_finds_the_copied_image(data16):
     check = MemorisationCheck(train, num_reference=100)
     r = check.check(train[[5, 50, 150]][:, :, ::-1])
     assert list(r["feature_index"]) == [5, 50, 150] and list(r["pixel_index"]) == [5, 50, 150]
-    assert r["feature_flagged"].all()
+    assert (r["feature_ratio"] < 0.05).all() and r["flagged"].all()
     pairs, order = check.closest_pairs(train[[5, 50, 150]], r, k=3)
     assert pairs.shape == (6, 16, 16, 3)
 

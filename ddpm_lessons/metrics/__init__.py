@@ -22,11 +22,13 @@ This package imports neither matplotlib nor ipywidgets.
 """
 # (_pyr_up: tests/test_metrics.py rebuilds an image from its Laplacian pyramid with it)
 from .callback import ScoreCallback
-from .copies import MemorisationCheck, feature_nearest, pixel_nearest
+from .copies import (MemorisationCheck, feature_nearest, grouped_split, near_duplicate_groups, pixel_distances,
+                     pixel_nearest)
 from .features import (ASSETS, FEATURE_INFO, FEATURE_SIZE, FEATURE_WEIGHTS, SKIN_TONES, SUBCATEGORIES,
                        as_unit_float, build_feature_net, feature_fn, feature_info, feature_split,
-                       load_feature_net, load_labelled_data, resize_images, train_feature_net)
-from .scores import (ScoreReference, _pyr_up, evaluate_samples, format_scores, gaussian_blur, kid,
+                       load_feature_net, load_labelled_data, random_feature_fn, resize_images,
+                       train_feature_net)
+from .scores import (PROTOCOL_SAMPLES, ScoreReference, _pyr_up, paired_difference, evaluate_samples, format_scores, gaussian_blur, kid,
                      laplacian_pyramid, mmd2_unbiased, polynomial_kernel, sliced_wasserstein, swd,
                      swd_descriptors)
 

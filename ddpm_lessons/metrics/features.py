@@ -208,3 +208,36 @@ def feature_fn(images, batch_size: int = 256) -> np.ndarray:
     out = [model(x[i:i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)]
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 128))
 
+
+
+# ============================================================================ a random network
+
+RANDOM_WIDTHS = (32, 64, 128, 256)
+_RANDOM_MODELS = {}
+
+
+def build_random_net(widths=RANDOM_WIDTHS, seed: int = 0):
+    """A convolutional network that is never trained: conv3x3-ReLU per level (He-normal weights
+    from a fixed seed), 2x2 average pooling between levels; the features are every level's
+    global average, concatenated: 32 + 64 + 128 + 256 = 480 values per 32x32 image."""
+    import keras
+    x_in = keras.Input((FEATURE_SIZE, FEATURE_SIZE, 3))
+    x, pooled = x_in, []
+    for i, w in enumerate(widths):
+        x = keras.layers.Conv2D(w, 3, padding="same", activation="relu",
+                                kernel_initializer=keras.initializers.HeNormal(seed=seed + i))(x)
+        pooled.append(keras.layers.GlobalAveragePooling2D()(x))
+        if i < len(widths) - 1:
+            x = keras.layers.AveragePooling2D(2)(x)
+    return keras.Model(x_in, keras.layers.Concatenate()(pooled), name="random_features")
+
+
+def random_feature_fn(images, batch_size: int = 256) -> np.ndarray:
+    """Images (N, H, W, 3) -> (N, 480) features of ``build_random_net()``: the same network on
+    any machine and for any folder, since nothing in it was learned from data."""
+    if "net" not in _RANDOM_MODELS:
+        _RANDOM_MODELS["net"] = build_random_net()
+    model = _RANDOM_MODELS["net"]
+    x = resize_images(images, FEATURE_SIZE)
+    out = [model(x[i:i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 480))

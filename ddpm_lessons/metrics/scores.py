@@ -284,6 +284,28 @@ class ScoreReference:
         return self._references[n]
 
 
+# ============================================================================ the protocol
+
+# The course's evaluation protocol, for every comparison (samplers, recipes, guidance; lesson 11):
+# n = 512 samples from fresh seeds, every contender scored by one ScoreReference (the same real
+# subsets), KID +- its standard error and SWD both reported, and a "win" only when the paired
+# difference exceeds 2 standard errors.
+PROTOCOL_SAMPLES = 512
+
+
+def paired_difference(a: dict, b: dict) -> dict:
+    """KID(b) - KID(a) with its *paired* standard error: a and b are results of
+    ``ScoreReference.score(..., with_subsets=True)`` of one reference at the same n, so their
+    subset j uses the same real images. d_j = KID_b,j - KID_a,j; se = std(d) / sqrt(m).
+    ``a_wins`` when diff > 2 se (a is lower, i.e. better), ``b_wins`` when diff < -2 se."""
+    if "kid_subsets" not in a or "kid_subsets" not in b or a["n"] != b["n"]:
+        raise ValueError("paired_difference needs two score(..., with_subsets=True) results at the same n")
+    d = np.asarray(b["kid_subsets"]) - np.asarray(a["kid_subsets"])
+    diff, se = float(b["kid"] - a["kid"]), float(d.std(ddof=1) / np.sqrt(len(d)))
+    return {"diff": diff, "se": se, "z": diff / se if se > 0 else float("inf") * np.sign(diff),
+            "a_wins": diff > 2 * se, "b_wins": diff < -2 * se}
+
+
 def evaluate_samples(samples, real_images=None, reference: ScoreReference | None = None,
                      feature_fn=feature_fn, references: bool = True, seed: int = 0) -> dict:
     """Score samples against real images, with the floor and ceilings at the same sample count.

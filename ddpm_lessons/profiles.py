@@ -49,7 +49,8 @@ class Profile:
     sampler: str = "ddim"      # "ddim" (any steps, eta below), "dpm++2m" or "ddpm" (all T steps)
     sample_steps: int = 50     # steps of the fast sampler used for previews
     sample_eta: float = 1.0    # DDIM noise: 1 = ancestral on a respaced schedule, 0 = deterministic
-    num_samples: int = 64
+    num_samples: int = 64      # the final grid (and its single PNG files)
+    verdict_samples: int = 256 # samples scored by the verdict at the end of a run (lesson 11)
     # lesson 03 (2-D toy)
     toy_train_steps: int = 3000
     toy_width: int = 128
@@ -67,7 +68,8 @@ class Profile:
              f"cannot be halved {levels - 1} times (one per extra level of channel_mults="
              f"{tuple(self.channel_mults)}); use a multiple of {2 ** (levels - 1)}")
         for knob in ("base_width", "num_res_blocks", "groups", "batch_size", "train_steps",
-                     "checkpoint_every", "preview_every", "sample_steps", "num_samples", "timesteps"):
+                     "checkpoint_every", "preview_every", "sample_steps", "num_samples", "verdict_samples",
+                     "timesteps"):
             need(int(getattr(self, knob)) >= 1, knob, "must be a positive whole number")
         need(all(self.base_width * m % self.groups == 0 for m in self.channel_mults), "groups",
              f"must divide every level's width {[self.base_width * m for m in self.channel_mults]}")
@@ -91,7 +93,7 @@ PROFILES = {
         attention_resolutions=(8,), groups=4, batch_size=16, train_steps=30, learning_rate=1e-3,
         warmup_steps=5, ema_decay=0.9, checkpoint_every=10, preview_every=20, lesson_train_steps=40,
         sample_steps=10,
-        num_samples=16, toy_train_steps=300, toy_width=64, toy_num_samples=1000),
+        num_samples=16, verdict_samples=32, toy_train_steps=300, toy_width=64, toy_num_samples=1000),
     "cpu": Profile(
         name="cpu", image_size=32, base_width=32, channel_mults=(1, 2, 3, 4), num_res_blocks=1,
         attention_resolutions=(16, 8), groups=8, batch_size=32, train_steps=1800,
@@ -102,7 +104,8 @@ PROFILES = {
         attention_resolutions=(16, 8), dropout=0.1, groups=8, mixed_precision=True, batch_size=64,
         train_steps=50_000,
         learning_rate=2e-4, warmup_steps=1000, ema_decay=0.999, checkpoint_every=1000,
-        preview_every=5000, lesson_train_steps=2000, sample_steps=50, num_samples=64, toy_train_steps=5000),
+        preview_every=5000, lesson_train_steps=2000, sample_steps=50, num_samples=64, verdict_samples=512,
+        toy_train_steps=5000),
 }
 
 

@@ -22,6 +22,7 @@ This package imports neither matplotlib nor ipywidgets.
 """
 # (_pyr_up: tests/test_metrics.py rebuilds an image from its Laplacian pyramid with it)
 from .callback import ScoreCallback
+from .verdict import format_verdict, verdict
 from .copies import (MemorisationCheck, feature_nearest, grouped_split, near_duplicate_groups, pixel_distances,
                      pixel_nearest)
 from .features import (ASSETS, FEATURE_INFO, FEATURE_SIZE, FEATURE_WEIGHTS, SKIN_TONES, SUBCATEGORIES,

@@ -25,6 +25,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,14 @@ def read_labels(path=None) -> list[dict]:
         path = path / "labels.csv"
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def emoji_base_name(name: str) -> str:
+    """An emoji's name without its gender or age word, so that the pictures of one idea group
+    together: 'woman superhero' -> 'superhero', 'man: red hair' -> 'red hair', 'older man' -> 'older'."""
+    base = re.sub(r"^(man|woman|person|men|women|people)\b:?\s*", "", name.strip())
+    base = re.sub(r"\b(man|woman|person)\b", "", base).strip()
+    return base or name.strip()
 
 
 # ----------------------------------------------------------------------------- the report

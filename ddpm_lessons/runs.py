@@ -114,22 +114,23 @@ VERDICT_SECONDS = 15     # scoring the final samples (measured: 12 s for 256 at 
 
 def estimate_seconds(settings: Profile, start_step: int, step_seconds: float,
                      eval_seconds_per_image: float, final_samples: int = 64,
-                     preview_samples: int = 16) -> dict:
+                     preview_samples: int = 16, with_verdict: bool = True) -> dict:
     """Seconds still to go, by part: training steps, previews and final samples, the verdict.
 
     training = (train_steps - start_step) x step_seconds
     sampling = (previews x preview_samples + max(final_samples, verdict_samples)) x sampler steps
-               x eval_seconds_per_image
-    scoring  = VERDICT_SECONDS
+               x eval_seconds_per_image          (without the verdict: final_samples only)
+    scoring  = VERDICT_SECONDS (0 without the verdict)
     """
     steps_left = max(0, settings.train_steps - start_step)
     previews = settings.train_steps // settings.preview_every - start_step // settings.preview_every
     evals = settings.sample_steps if settings.sampler != "ddpm" else settings.timesteps
-    final = max(final_samples, settings.verdict_samples)
+    final = max(final_samples, settings.verdict_samples) if with_verdict else final_samples
+    scoring = VERDICT_SECONDS if with_verdict else 0.0
     sampling = (previews * preview_samples + final) * evals * eval_seconds_per_image
     training = steps_left * step_seconds
-    return {"training": training, "sampling": sampling, "scoring": VERDICT_SECONDS,
-            "total": training + sampling + VERDICT_SECONDS, "steps_left": steps_left, "previews": previews}
+    return {"training": training, "sampling": sampling, "scoring": scoring,
+            "total": training + sampling + scoring, "steps_left": steps_left, "previews": previews}
 
 
 # ----------------------------------------------------------------------------- run folders

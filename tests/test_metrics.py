@@ -116,8 +116,8 @@ def test_swd_orders_real_blurred_and_noise(data16, data32, size):
 def groups16(data16):
     """Near-duplicate groups of the shipped images at 16x16: same emoji name, or closer than 3/4 of
     the typical gap (skin tones of one emoji, 'man X' and 'woman X' pictures)."""
-    from ddpm_lessons.data import default_dataset_path, read_image_folder, read_labels
-    names = {r["file"]: r["name"] for r in read_labels()}
+    from ddpm_lessons.data import default_dataset_path, emoji_base_name, read_image_folder, read_labels
+    names = {r["file"]: emoji_base_name(r["name"]) for r in read_labels()}
     files = read_image_folder(default_dataset_path(), 16)[1].used
     return metrics.near_duplicate_groups(data16, names=[names[f] for f in files])
 
@@ -130,6 +130,8 @@ def test_groups_join_names_and_near_duplicates_and_the_split_keeps_them_whole(da
     for f, g in zip(files, groups16):
         by_name.setdefault(names[f], set()).add(g)
     assert all(len(g) == 1 for g in by_name.values()), "every skin tone of one emoji is in one group"
+    from ddpm_lessons.data import emoji_base_name
+    assert emoji_base_name("woman superhero") == emoji_base_name("man superhero") == "superhero"
     assert len(set(groups16)) < len(by_name), "near-identical pictures of different names are joined too"
     train_idx, held_idx = metrics.grouped_split(groups16, 0.15, seed=0)
     assert not set(groups16[train_idx]) & set(groups16[held_idx])
@@ -215,3 +217,40 @@ def test_score_callback_scores_every_n_steps_and_keeps_the_best(tmp_path, data16
     assert (tmp_path / "best_ema.weights.h5").exists()
     again = cb.evaluate(trainer)                                   # fixed seed: same samples again
     assert again["swd"] == pytest.approx(cb.history[-1]["swd"], rel=1e-4)
+
+
+# ------------------------------------------------------------------ the protocol and the verdict
+
+def test_paired_difference_wins_only_beyond_two_paired_standard_errors(data16):
+    reference = ScoreReference(data16[:800], feature_fn=metrics.random_feature_fn, swd_patches=16)
+    n = 128
+    real = reference.score(reference.a[:n], with_subsets=True)
+    other_real = reference.score(reference.a[n:2 * n], with_subsets=True)
+    darker = reference.score(np.clip(reference.a[:n] - 0.3, -1, 1), with_subsets=True)
+    d = metrics.paired_difference(real, darker)
+    assert d["a_wins"] and not d["b_wins"] and d["z"] > 2, d
+    assert metrics.paired_difference(darker, real)["b_wins"]
+    tie = metrics.paired_difference(real, other_real)
+    assert not tie["a_wins"] and not tie["b_wins"], tie           # two real sets: no winner
+    with pytest.raises(ValueError):
+        metrics.paired_difference(reference.score(reference.a[:n]), darker)   # needs the subsets
+
+
+def test_the_verdict_reads_real_noise_and_copies_right():
+    """On data/twemoji-things (distinct pictures, no skin-tone siblings): other pictures of the
+    folder score like the folder, noise does not, and flipped copies are near-copies."""
+    from pathlib import Path
+    from ddpm_lessons.data import read_image_folder
+    x, _ = read_image_folder(Path(__file__).resolve().parent.parent / "data" / "twemoji-things", 16)
+    x = as_unit_float(x)[np.random.default_rng(1).permutation(857)]
+    pictures, others = x[:700], x[700:828]
+    real_like = metrics.verdict(others, pictures, steps=100)
+    assert {"n", "kid_x1e3", "references", "near_copies", "advice"} <= set(real_like)
+    assert real_like["above_floor_z"] < 2 and "score like your own pictures" in real_like["advice"]
+    noise = np.clip(np.random.default_rng(0).standard_normal((128, 16, 16, 3)), -1, 1)
+    far = metrics.verdict(noise, pictures, steps=100)
+    assert far["above_floor_z"] > 2 and "STEPS=200" in far["advice"] and far["near_copies"] == 0
+    copies = metrics.verdict(pictures[:128][:, :, ::-1], pictures, steps=100)
+    assert copies["near_copies"] > 0.9 and "near-copies" in copies["advice"]
+    assert "too few" in metrics.verdict(pictures[:8], pictures[:8])["advice"]
+    json.dumps(real_like)                                          # results.json can hold it

@@ -9,7 +9,8 @@ near-copies, and one sentence on what to do next (lesson 11, section 8; printed 
     references   the same at the same n for n pictures of half A (the floor: as good as it gets),
                  those pictures blurred by 1 and 2 px, and noise (ceilings; SWD reads blur, the random
                  network hardly does, and SWD catches a collapsed model that repeats a few pictures)
-    copies       the share of samples flagged by ``MemorisationCheck`` against *all* the pictures
+    copies       the share of samples flagged by ``MemorisationCheck`` against *all* the pictures,
+                 beside the share of real pictures (half A) flagged against half B: its floor
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .copies import MemorisationCheck
 from .features import random_feature_fn
 from .scores import ScoreReference, paired_difference
 
-COPY_WARNING = 0.10          # more than this share of near-copies: say so first
+COPY_WARNING = 0.10          # this many more near-copies than among real pictures: say so first
 
 
 MIN_PICTURES = 32            # fewer: no score (half of them would be too few for KID's subsets)
@@ -44,6 +45,9 @@ def verdict(samples, pictures, feature_fn=random_feature_fn, seed: int = 0, step
     refs = {name: reference.score(images, with_subsets=True) for name, images in baselines.items()}
     floor = paired_difference(refs["real (other half)"], score)          # samples minus real
     copies = MemorisationCheck(pictures, feature_fn=None).check(x)
+    # the same check on real pictures (half A against half B): a folder with near-identical pictures
+    # (clock faces, moon phases, skin tones) has "near-copies" among its own real pictures too
+    real_copies = MemorisationCheck(reference.b, feature_fn=None).check(baselines["real (other half)"])
     out = {"n": int(n), "features": "random network",
            "kid_x1e3": round(1e3 * score["kid"], 2), "kid_se_x1e3": round(1e3 * score["kid_se"], 2),
            "swd_x1e3": round(score["swd"], 1),
@@ -51,6 +55,7 @@ def verdict(samples, pictures, feature_fn=random_feature_fn, seed: int = 0, step
                                  "swd_x1e3": round(r["swd"], 1)} for name, r in refs.items()},
            "above_floor_z": round(floor["z"], 1),
            "near_copies": round(copies["share_flagged"], 3),
+           "near_copies_among_real": round(real_copies["share_flagged"], 3),
            "near_copy_median_gap_ratio": round(float(np.median(copies["pixel_ratio"])), 2)}
     out["advice"] = advice(out, steps)
     return out
@@ -64,8 +69,9 @@ def advice(v: dict, steps: int | None = None) -> str:
     "above the floor" means "training longer should still help"; the blur ceilings are shown
     for SWD, not read here (the random network hardly sees blur)."""
     more = f"STEPS={2 * steps}" if steps else "more STEPS"
-    if v["near_copies"] > COPY_WARNING:
-        return (f"{v['near_copies']:.0%} of the samples are near-copies of your pictures: add more "
+    if v["near_copies"] - v.get("near_copies_among_real", 0.0) > COPY_WARNING:
+        return (f"{v['near_copies']:.0%} of the samples are near-copies of your pictures (of your real "
+                f"pictures, {v.get('near_copies_among_real', 0.0):.0%} are near-copies of others): add more "
                 "pictures rather than training longer.")
     if v["above_floor_z"] < 2:
         return ("The samples score like your own pictures, within what this many samples can tell "
@@ -83,6 +89,7 @@ def format_verdict(v: dict) -> str:
              f"  samples              KID {v['kid_x1e3']:9.2f} +- {v['kid_se_x1e3']:6.2f}   SWD {v['swd_x1e3']:6.1f}"]
     for name, r in v["references"].items():
         lines.append(f"  {name:20s} KID {r['kid_x1e3']:9.2f} +- {r['kid_se_x1e3']:6.2f}   SWD {r['swd_x1e3']:6.1f}")
-    lines.append(f"  near-copies of your pictures: {v['near_copies']:.0%} of the samples")
+    lines.append(f"  near-copies of your pictures: {v['near_copies']:.0%} of the samples "
+                 f"({v['near_copies_among_real']:.0%} of real pictures against the other half)")
     lines.append(v["advice"])
     return "\n".join(lines)

@@ -162,14 +162,16 @@ class Trainer:
         self.step.assign_add(1)
         return loss, per_example, t
 
-    def time_steps(self, x0, num_steps: int = 5) -> float:
+    def time_steps(self, x0, num_steps: int = 8, warmup: int = 2) -> float:
         """Seconds per compiled training step on batch ``x0``, measured over ``num_steps`` steps after
-        one untimed step (which traces the step the first time). Training state is left as it was:
-        weights, EMA, optimizer, step counter and random numbers are put back afterwards."""
+        ``warmup`` untimed ones (the first traces the step; the next ones are still slower).
+        Training state is left as it was: weights, EMA, optimizer, step counter and random numbers
+        are put back afterwards."""
         variables = (self.model.variables + self.ema_model.variables + self.optimizer.variables
                      + [self.step, self.rng.state])
         saved = [v.numpy() for v in variables]
-        self._compiled_step(x0)
+        for _ in range(warmup):
+            float(self._compiled_step(x0)[0])
         t0 = time.perf_counter()
         for _ in range(num_steps):
             loss, _, _ = self._compiled_step(x0)

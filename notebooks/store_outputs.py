@@ -2,7 +2,7 @@
 
     python notebooks/store_outputs.py [NN_name.ipynb ...]     (default: every lesson)
 
-Stored outputs are what a learner on a laptop sees (design.md): run with DDPM_PROFILE=cpu.
+Stored outputs are what a learner on a laptop sees: run with DDPM_PROFILE=cpu.
 After execution TensorFlow's start-up log lines (stderr) are removed, and any output that
 shows a machine path is reported, since stored outputs must not contain one.
 """

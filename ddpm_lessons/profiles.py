@@ -3,7 +3,7 @@
     tiny  tests and CI on 2 CPU cores: tracing, not training, dominates
     cpu   the default without a GPU: recognisable portraits in under 20 minutes on 2 cores (chosen
           by lesson 11's score: the table in lesson 09, made by notebooks/tune_cpu_profile.py)
-    gpu   the seed's scale: 64x64 images, a U-Net with attention at 16 and 8
+    gpu   the keras.io DDPM example's scale: 64x64 images, a U-Net with attention at 16 and 8
 
 ``get_profile()`` reads the environment variable ``DDPM_PROFILE``; without it, it picks
 ``gpu`` when TensorFlow sees a GPU and ``cpu`` otherwise. Change one knob with

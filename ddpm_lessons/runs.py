@@ -207,7 +207,7 @@ def new_run_folder(root, tag: str) -> Path:
 
 def prepare_run(root="runs", data=None, profile: Profile | None = None, image_size: int = 0,
                 steps: int = 0, fresh: bool = False, continue_changed: bool = False,
-                init_from: str = "", log=print):
+                init_from: str = ""):
     """Check the folder, then pick the run folder: returns ``(run_path, plan)``.
 
     data: a folder of pictures (None or "": the shipped emoji portraits). The folder is read

@@ -37,7 +37,6 @@ def make_folder(path, n=20, gray=False, seed=0, size=24):
 
 
 def prepare(root, data, **kw):
-    kw.setdefault("log", lambda *a: None)
     return runs.prepare_run(root, data, TINY, **kw)
 
 
@@ -50,6 +49,20 @@ def test_default_steps_cap_the_passes_over_the_data():
     for n in (50, 100, 300, 700):
         steps = runs.default_train_steps(n, 32, 10**6)
         assert (steps - 1) * 32 / n < runs.MAX_PASSES <= steps * 32 / n
+
+
+def test_the_estimate_adds_steps_previews_final_samples_and_the_verdict():
+    s = get_profile("cpu").replace(train_steps=1000, preview_every=250, sample_steps=50, verdict_samples=256)
+    est = runs.estimate_seconds(s, 0, step_seconds=0.5, eval_seconds_per_image=0.01)
+    # 1000 steps x 0.5 s; (4 previews x 16 + 256 verdict samples) x 50 evaluations x 0.01 s; scoring
+    assert est["training"] == 500 and est["previews"] == 4
+    assert est["sampling"] == pytest.approx((4 * 16 + 256) * 50 * 0.01)
+    assert est["total"] == pytest.approx(500 + 160 + runs.VERDICT_SECONDS)
+    resumed = runs.estimate_seconds(s, 600, 0.5, 0.01, final_samples=16, with_verdict=False)
+    assert resumed["steps_left"] == 400 and resumed["previews"] == 2 and resumed["scoring"] == 0
+    assert resumed["total"] == pytest.approx(200 + (2 * 16 + 16) * 50 * 0.01)
+    ddpm = runs.estimate_seconds(s.replace(sampler="ddpm"), 0, 0.5, 0.01)
+    assert ddpm["sampling"] == pytest.approx((4 * 16 + 256) * 1000 * 0.01)   # DDPM runs all T steps
 
 
 def test_fingerprint_sees_added_removed_and_rewritten_files(tmp_path):
@@ -79,7 +92,7 @@ def test_a_run_is_continued_only_on_the_same_folder_profile_and_size(tmp_path):
     assert prepare(root, a)[0] == run_a, "...and the first folder's run is still found"
     time.sleep(1.1)
     assert prepare(root, a, image_size=8)[0] != run_a, "another image size is another run"
-    other = runs.prepare_run(root, a, get_profile("cpu"), log=lambda *x: None)[0]
+    other = runs.prepare_run(root, a, get_profile("cpu"))[0]
     assert other != run_a and other.name.endswith("-cpu-a"), "another profile is another run"
     time.sleep(1.1)
     assert prepare(root, a, fresh=True)[0] != run_a, "fresh=True starts a new run"
@@ -112,8 +125,7 @@ def test_a_changed_folder_is_said_plainly(tmp_path):
 
 
 def test_a_small_folder_adapts_the_batch_and_the_steps(tmp_path):
-    run, plan = runs.prepare_run(tmp_path / "runs", make_folder(tmp_path / "few", n=10),
-                                 get_profile("cpu"), log=lambda *a: None)
+    run, plan = runs.prepare_run(tmp_path / "runs", make_folder(tmp_path / "few", n=10), get_profile("cpu"))
     s = runs.read_settings(run)["profile"]
     assert s.batch_size == 10 and s.train_steps == runs.MIN_STEPS
     assert any("batch is 10 instead of 32" in note for note in plan["notes"])

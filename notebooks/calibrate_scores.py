@@ -14,7 +14,8 @@ half B with the same subsets (so differences are paired):
 The order must be real < final < early < blur < noise, each step by more than 2 paired standard
 errors, and collapsed must score clearly above real. Candidates: KID in the emoji feature network
 (trained on the shipped data), KID in a *random* convolutional network (never trained: the same on
-any folder), and SWD. Writes calibration/results.json; ~5 minutes:
+any folder), KID in another random network applied to the pictures' fine detail
+(``detail_feature_fn``: x - blur(x), amplified 4x), and SWD. Writes calibration/results.json; ~5 minutes:
 
     .venv/bin/python notebooks/calibrate_scores.py
 """
@@ -25,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_lessons.data import default_dataset_path, read_image_folder
-from ddpm_lessons.metrics import as_unit_float, feature_fn, gaussian_blur, kid, random_feature_fn, swd
+from ddpm_lessons.metrics import (as_unit_float, detail_feature_fn, feature_fn, gaussian_blur, kid,
+                                  random_feature_fn, swd)
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "calibration"
@@ -63,7 +65,8 @@ def main():
     for name, folder in FOLDERS.items():
         sets, b, n = sets_for(folder, name)
         res = {"n": n, "sets": {}}
-        for fname, fn in (("emoji-net", feature_fn), ("random-net", random_feature_fn)):
+        for fname, fn in (("emoji-net", feature_fn), ("random-net", random_feature_fn),
+                          ("detail-net", detail_feature_fn)):
             t0 = time.perf_counter()
             fb = fn(b)
             rows = {k: kid(fn(v), fb, n_subsets=SUBSETS, seed=0) for k, v in sets.items()}
@@ -79,7 +82,7 @@ def main():
         res["swd"] = {k: swd(v, b)["swd"] for k, v in sets.items()}
         results[name] = res
         print(f"\n{name}: n = {n}, real half B = {len(b)}")
-        for fname in ("emoji-net", "random-net"):
+        for fname in ("emoji-net", "random-net", "detail-net"):
             r = res[fname]
             print(f"  KID x1e3, {fname}: " + "  ".join(f"{k} {1e3 * v[0]:.1f}+-{1e3 * v[1]:.1f}"
                                                       for k, v in r["kid"].items()))

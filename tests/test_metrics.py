@@ -249,7 +249,11 @@ def test_the_verdict_reads_real_noise_and_copies_right():
     assert real_like["above_floor_z"] < 2 and "score like your own pictures" in real_like["advice"]
     noise = np.clip(np.random.default_rng(0).standard_normal((128, 16, 16, 3)), -1, 1)
     far = metrics.verdict(noise, pictures, steps=100)
-    assert far["above_floor_z"] > 2 and "STEPS=200" in far["advice"] and far["near_copies"] == 0
+    assert far["above_floor_z"] > 2 and "far from your pictures" in far["advice"] and "STEPS=200" in far["advice"]
+    assert far["near_copies"] == 0
+    r = far["references"]                   # the references come out in their calibrated order
+    assert (r["real (other half)"]["kid_x1e3"] < r["blurred sigma=1px"]["kid_x1e3"] < r["blurred sigma=2px"]["kid_x1e3"]
+            < r["noise"]["kid_x1e3"])
     copies = metrics.verdict(pictures[:128][:, :, ::-1], pictures, steps=100)
     assert copies["near_copies"] > 0.9 and "near-copies" in copies["advice"]
     assert "too few" in metrics.verdict(pictures[:8], pictures[:8])["advice"]

@@ -27,7 +27,8 @@ from .copies import (MemorisationCheck, feature_nearest, grouped_split, near_dup
                      pixel_nearest)
 from .features import (ASSETS, FEATURE_INFO, FEATURE_SIZE, FEATURE_WEIGHTS, SKIN_TONES, SUBCATEGORIES,
                        as_unit_float, build_feature_net, feature_fn, feature_info, feature_split,
-                       load_feature_net, load_labelled_data, random_feature_fn, resize_images,
+                       detail_feature_fn, detail_images, load_feature_net, load_labelled_data,
+                       random_feature_fn, resize_images,
                        train_feature_net)
 from .scores import (PROTOCOL_SAMPLES, ScoreReference, _pyr_up, paired_difference, evaluate_samples, format_scores, gaussian_blur, kid,
                      laplacian_pyramid, mmd2_unbiased, polynomial_kernel, sliced_wasserstein, swd,

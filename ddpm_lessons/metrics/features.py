@@ -241,3 +241,26 @@ def random_feature_fn(images, batch_size: int = 256) -> np.ndarray:
     x = resize_images(images, FEATURE_SIZE)
     out = [model(x[i:i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)]
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 480))
+
+
+DETAIL_GAIN = 4.0                  # the fine detail is small: amplified 4x, then clipped to [-1, 1]
+
+
+def detail_images(images) -> np.ndarray:
+    """The fine detail of each image at 32x32: clip(4 (x - blur_1px(x)), -1, 1), a high-pass image
+    (what blurring removes, and what a model learns last)."""
+    from .scores import gaussian_blur
+    x = resize_images(images, FEATURE_SIZE)
+    return np.clip(DETAIL_GAIN * (x - gaussian_blur(x, 1.0)), -1.0, 1.0).astype(np.float32)
+
+
+def detail_feature_fn(images, batch_size: int = 256) -> np.ndarray:
+    """Images (N, H, W, 3) -> (N, 480) features of a random network (``build_random_net(seed=100)``,
+    never trained) applied to their fine detail (``detail_images``). The course's score: on two
+    folders it orders real < finished run < 300-step run < blurred < noise (lesson 11, section 7)."""
+    if "detail" not in _RANDOM_MODELS:
+        _RANDOM_MODELS["detail"] = build_random_net(seed=100)
+    model = _RANDOM_MODELS["detail"]
+    x = detail_images(images)
+    out = [model(x[i:i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 480))

@@ -1,16 +1,22 @@
 """Lesson 11 — how good is it? Sample-quality scores with no downloaded weights, and memorisation.
 
-    features   the feature network: ``feature_fn`` maps images -> (N, 128) features of a small CNN
+    features   the feature networks: ``feature_fn`` maps images -> (N, 128) features of a small CNN
                trained on the shipped data (weights in ``assets/feature_net.weights.h5``;
-               ``train_feature_net`` reproduces them); ``as_unit_float``, ``resize_images``
+               ``train_feature_net`` reproduces them); ``random_feature_fn`` and
+               ``detail_feature_fn``: a network that is never trained, on whole pictures and on
+               their fine detail (the calibrated score, section 7); ``as_unit_float``, ``resize_images``
     scores     ``kid``: Kernel Inception Distance (Binkowski et al. 2018), the unbiased MMD^2 with
                the kernel k(x, y) = (x.y / d + 1)^3, +- a standard error from disjoint subsets;
                ``swd``: multi-scale sliced Wasserstein distance on Laplacian-pyramid patches
                (Karras et al. 2018), no network at all; ``ScoreReference``: real data split in
                halves, scores against one half with the floor (real vs real) and ceilings (noise,
-               blurred data) at the same size; ``evaluate_samples``: all of it in one call -> dict
+               blurred data) at the same size; ``evaluate_samples``: all of it in one call -> dict;
+               the evaluation protocol: ``PROTOCOL_SAMPLES`` = 512, ``paired_difference``
     copies     memorisation: each sample's nearest training image (pixels and features, flips and
-               small shifts included) and which samples are near-copies (``MemorisationCheck``)
+               small shifts included) and which samples are near-copies (``MemorisationCheck``);
+               ``near_duplicate_groups`` and ``grouped_split`` for held-out pictures
+    verdict    what the end of every run prints: the score with its floor and ceilings, the share
+               of near-copies, one sentence on what next
     callback   ``ScoreCallback``: score a fixed seed's EMA samples every N training steps; keep the best
 
 Images are (N, H, W, 3), uint8 or floats in [-1, 1]. Command line (``__main__.py``):

@@ -1,6 +1,8 @@
-"""The feature network of lesson 11: a small CNN trained on the shipped data, and its features.
+"""The feature networks of lesson 11: a small CNN trained on the shipped data, and one never trained.
 
     feature_fn         images -> (N, 128) features (the global-average-pool layer of the network)
+    random_feature_fn  images -> (N, 480) features of a random network (fixed seed, never trained)
+    detail_feature_fn  the same kind of network on each picture's fine detail, clip(4 (x - blur(x)))
     build_feature_net  conv3x3-BN-ReLU stack with two heads: subcategory and skin tone
     train_feature_net  reproduces the shipped weights (``assets/feature_net.weights.h5``)
     as_unit_float      uint8 or [-1, 1] floats -> float32 in [-1, 1] (every metric's input)

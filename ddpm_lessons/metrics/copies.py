@@ -38,12 +38,14 @@ def _pairwise_min_dist2(q, variants):
     return np.maximum(best, 0.0)
 
 
-def _nearest(d2, D, exclude_same=False):
+def _nearest(dist, exclude_same=False):
+    """(distance to the nearest, its index) per row of a distance matrix; ``exclude_same``: skip
+    the diagonal (query i is training image i)."""
     if exclude_same:
-        d2 = d2.copy()
-        d2[np.arange(len(d2)), np.arange(len(d2))] = np.inf
-    idx = d2.argmin(1)
-    return np.sqrt(d2[np.arange(len(d2)), idx] / D), idx
+        dist = dist.copy()
+        dist[np.arange(len(dist)), np.arange(len(dist))] = np.inf
+    idx = dist.argmin(1)
+    return dist[np.arange(len(dist)), idx], idx
 
 
 def pixel_distances(queries, train, max_shift: int = 2, flips: bool = True) -> np.ndarray:
@@ -62,7 +64,7 @@ def pixel_distances(queries, train, max_shift: int = 2, flips: bool = True) -> n
 def pixel_nearest(queries, train, max_shift: int = 2, flips: bool = True, exclude_same=False):
     """Nearest training image of each query in pixel space (see ``pixel_distances``): (dist, index);
     ``exclude_same``: query i is training image i (its own distance is skipped)."""
-    return _nearest(pixel_distances(queries, train, max_shift, flips) ** 2, 1, exclude_same)
+    return _nearest(pixel_distances(queries, train, max_shift, flips), exclude_same)
 
 
 def feature_nearest(query_features, train_features, train_features_flipped=None, exclude_same=False):
@@ -71,7 +73,7 @@ def feature_nearest(query_features, train_features, train_features_flipped=None,
     variants = [np.asarray(train_features, np.float64)]
     if train_features_flipped is not None:
         variants.append(np.asarray(train_features_flipped, np.float64))
-    return _nearest(_pairwise_min_dist2(q, np.stack(variants)), 1, exclude_same)   # plain L2
+    return _nearest(np.sqrt(_pairwise_min_dist2(q, np.stack(variants))), exclude_same)   # plain L2
 
 
 def near_duplicate_groups(images, names=None, tau: float = 0.75, max_shift: int = 2) -> np.ndarray:

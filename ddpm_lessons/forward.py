@@ -66,3 +66,37 @@ def predict_x0_from_eps(x_t, t, eps, schedule: NoiseSchedule):
     eps = tf.convert_to_tensor(eps, dtype=x_t.dtype)
     return (extract(schedule.sqrt_recip_alphas_cumprod, t, x_t.shape, x_t.dtype) * x_t
             - extract(schedule.sqrt_recipm1_alphas_cumprod, t, x_t.shape, x_t.dtype) * eps)
+
+
+# ---------------------------------------------------------------- v-prediction (lesson 12)
+#
+# Salimans & Ho (2022), Sec. 4 and App. D: with a_t = sqrt(abar_t), s_t = sqrt(1 - abar_t) the pair
+# (x_0, eps) is rotated by the angle phi_t (cos phi = a_t, sin phi = s_t):
+#
+#     x_t = a_t x_0 + s_t eps,     v_t = a_t eps - s_t x_0
+#     x_0 = a_t x_t - s_t v_t,     eps = s_t x_t + a_t v_t
+#
+# A network that predicts v never divides by a_t, so its x_0 stays bounded where abar_t -> 0.
+
+def velocity(x0, eps, t, schedule: NoiseSchedule):
+    """v_t = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, the target of a v-prediction network."""
+    x0 = tf.convert_to_tensor(x0)
+    eps = tf.convert_to_tensor(eps, dtype=x0.dtype)
+    return (extract(schedule.sqrt_alphas_cumprod, t, x0.shape, x0.dtype) * eps
+            - extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0.shape, x0.dtype) * x0)
+
+
+def eps_from_v(x_t, t, v, schedule: NoiseSchedule):
+    """eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v: the noise a v-prediction implies."""
+    x_t = tf.convert_to_tensor(x_t)
+    v = tf.convert_to_tensor(v, dtype=x_t.dtype)
+    return (extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t.shape, x_t.dtype) * x_t
+            + extract(schedule.sqrt_alphas_cumprod, t, x_t.shape, x_t.dtype) * v)
+
+
+def x0_from_v(x_t, t, v, schedule: NoiseSchedule):
+    """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v."""
+    x_t = tf.convert_to_tensor(x_t)
+    v = tf.convert_to_tensor(v, dtype=x_t.dtype)
+    return (extract(schedule.sqrt_alphas_cumprod, t, x_t.shape, x_t.dtype) * x_t
+            - extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t.shape, x_t.dtype) * v)

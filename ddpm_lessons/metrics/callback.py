@@ -5,7 +5,7 @@ import json
 import time
 from pathlib import Path
 
-from .features import feature_fn
+from .features import detail_feature_fn
 from .scores import ScoreReference
 
 
@@ -16,12 +16,14 @@ class ScoreCallback:
     schedule, seed)`` (default: DDIM-50 with eta = 1, x0 clipped). Each evaluation appends
     {"step", "seconds" (training time), "sample_seconds", "kid", "kid_se", "swd"} to
     ``history``; when ``monitor`` improves, the EMA weights go to
-    ``keep_best_dir/best_ema.weights.h5`` with ``best.json``.
+    ``keep_best_dir/best_ema.weights.h5`` with ``best.json``. The KID is the course's calibrated
+    score (``detail_feature_fn``: a random network on the pictures' fine detail, lesson 11 section 7),
+    so "best" means the same on the shipped data and on any folder.
     """
 
     def __init__(self, every: int, real_images=None, num_samples: int = 64, seed: int = 0,
                  sampler=None, monitor: str = "kid", keep_best_dir=None, reference=None,
-                 feature_fn=feature_fn, verbose: bool = True, num_steps: int = 50, eta: float = 1.0):
+                 feature_fn=detail_feature_fn, verbose: bool = True, num_steps: int = 50, eta: float = 1.0):
         self.every, self.num_samples, self.seed, self.monitor = every, num_samples, seed, monitor
         self.reference = reference or ScoreReference(real_images, feature_fn=feature_fn)
         if monitor == "kid" and self.reference.feature_fn is None:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -45,6 +46,9 @@ class Profile:
     checkpoint_every: int = 200
     preview_every: int = 500
     lesson_train_steps: int = 200  # the short demonstration run of lesson 07
+    prediction: str = "eps"    # the network's target: "eps" (Ho et al.) or "v" (Salimans & Ho 2022)
+    loss_weighting: str = "none"   # "none" (L_simple) or "min-snr" (Hang et al. 2023)
+    snr_gamma: float = 5.0     # gamma of min-SNR weighting: w = min(SNR, gamma) / SNR (eps), / (SNR + 1) (v)
     # sampling
     sampler: str = "ddim"      # "ddim" (any steps, eta below), "dpm++2m" or "ddpm" (all T steps)
     sample_steps: int = 50     # steps of the fast sampler used for previews
@@ -78,6 +82,10 @@ class Profile:
         need(0 <= self.ema_decay < 1, "ema_decay", "must lie in [0, 1), e.g. 0.999")
         need(0 <= self.dropout < 1, "dropout", "must lie in [0, 1)")
         need(self.schedule in ("linear", "cosine"), "schedule", "must be 'linear' or 'cosine'")
+        need(self.prediction in ("eps", "v"), "prediction", "must be 'eps' or 'v'")
+        need(self.loss_weighting in ("none", "min-snr"), "loss_weighting", "must be 'none' or 'min-snr'")
+        need(isinstance(self.snr_gamma, numbers.Real) and self.snr_gamma > 0, "snr_gamma",
+             "must be a positive number, e.g. 5.0")
         need(self.sampler in ("ddim", "ddpm", "dpm++2m"), "sampler", "must be 'ddim', 'dpm++2m' or 'ddpm'")
         need(self.sample_steps <= self.timesteps, "sample_steps", f"must not exceed T = {self.timesteps}")
         need(0 <= self.sample_eta <= 1, "sample_eta", "must lie in [0, 1]")

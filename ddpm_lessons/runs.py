@@ -140,7 +140,10 @@ def _slug(text: str, limit: int = 32) -> str:
 
 
 def read_settings(run) -> dict:
-    """A run's ``settings.json`` with its profile as a ``Profile`` (under the key "profile")."""
+    """A run's ``settings.json`` with its profile as a ``Profile`` (under the key "profile").
+
+    A knob missing from an older file takes the ``Profile`` default (e.g. prediction = "eps",
+    loss_weighting = "none", snr_gamma = 5.0: how every run was trained before those knobs)."""
     saved = json.loads((Path(run) / "settings.json").read_text())
     p = dict(saved["profile"])
     for key in ("channel_mults", "attention_resolutions"):
@@ -288,12 +291,13 @@ def describe_run(run) -> str:
     return "\n".join(lines)
 
 
-def time_sampler_eval(model, schedule, batch: int = 16) -> float:
-    """Seconds per image per network evaluation while sampling (DDIM loop, after tracing it)."""
+def time_sampler_eval(model, schedule, batch: int = 16, prediction: str = "eps") -> float:
+    """Seconds per image per network evaluation while sampling (DDIM loop, after tracing it);
+    ``prediction``: what ``model`` predicts ("eps" or "v", the run's ``settings.prediction``)."""
     from .sampling import generate
-    generate(model, schedule, batch, "ddim", 2, 1.0, seed=0)        # traces the loop once
+    generate(model, schedule, batch, "ddim", 2, 1.0, seed=0, prediction=prediction)   # traces the loop
     t0 = time.perf_counter()
-    generate(model, schedule, batch, "ddim", 4, 1.0, seed=0)
+    generate(model, schedule, batch, "ddim", 4, 1.0, seed=0, prediction=prediction)
     return (time.perf_counter() - t0) / (4 * batch)
 
 
@@ -356,7 +360,8 @@ def generate_pngs(run, num_images: int = 100, seed: int = 0, out=None, progress:
     if progress:
         print(f"drawing {num_images} images from {Path(run).name} ({ckpt}, {s.sampler}-{s.sample_steps}) ...",
               flush=True)
-    images = generate(ema, schedule, num_images, s.sampler, s.sample_steps, s.sample_eta, seed=seed)
+    images = generate(ema, schedule, num_images, s.sampler, s.sample_steps, s.sample_eta, seed=seed,
+                      prediction=s.prediction)
     out = Path(out) if out else Path(run) / "generated"
     return save_pngs(images, out, prefix=f"seed{seed}_step{step}", grayscale=saved.get("grayscale", False))
 

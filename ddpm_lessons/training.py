@@ -3,9 +3,18 @@
 One training step (Ho et al. 2020, Algorithm 1; the loss is eq. 14, "L_simple"):
 
     t ~ Uniform{0..T-1},  eps ~ N(0, I),  x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
-    loss = mean || eps - eps_theta(x_t, t) ||^2
+    loss = mean_b  w_b * mean || target_b - net_theta(x_t, t)_b ||^2
     theta <- Adam(theta, clip_by_global_norm(grad loss)),  learning rate warmed up linearly
     theta_ema <- d theta_ema + (1 - d) theta,  d = min(ema_decay, (1 + n) / (10 + n))
+
+The target and the weight are options of ``TrainConfig`` (and of the profile):
+
+    prediction="eps"  target = eps                                   (Ho et al. 2020, the default)
+    prediction="v"    target = v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0   (Salimans & Ho 2022)
+    loss_weighting="none"     w = 1                                  (L_simple, the default)
+    loss_weighting="min-snr"  w = min(SNR_t, gamma) / SNR_t for eps,
+                              w = min(SNR_t, gamma) / (SNR_t + 1) for v  (Hang et al. 2023)
+                              with SNR_t = abar_t / (1 - abar_t), gamma = snr_gamma
 
 The EMA is kept explicitly, as a second copy of the model (``Trainer.ema_model``), rather than
 with Keras's optimizer option ``use_ema``: Keras only swaps the averaged weights into the model at
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -31,7 +41,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .forward import q_sample
+from .forward import q_sample, velocity
 from .runs import locked_by_another
 from .schedule import NoiseSchedule
 
@@ -47,13 +57,55 @@ class TrainConfig:
     jit_compile: bool | None = None  # XLA; None = on a GPU only (slower on this CPU, lesson 07)
     seed: int = 0
     loss_buckets: int = 10           # timestep buckets for the loss-by-t breakdown
+    prediction: str = "eps"          # what the network predicts: "eps" or "v"
+    loss_weighting: str = "none"     # per-example weight: "none" or "min-snr"
+    snr_gamma: float = 5.0           # gamma of min-SNR weighting
+
+    def __post_init__(self):
+        check_target(self.prediction, self.loss_weighting, self.snr_gamma)
 
     @classmethod
     def from_profile(cls, profile, **changes) -> "TrainConfig":
-        """The training knobs of a ``Profile`` (learning rate, warm-up, clip, EMA, checkpoints);
-        ``changes`` override them."""
-        keys = ("learning_rate", "warmup_steps", "grad_clip", "ema_decay", "checkpoint_every")
+        """The training knobs of a ``Profile`` (learning rate, warm-up, clip, EMA, checkpoints,
+        target and loss weighting); ``changes`` override them."""
+        keys = ("learning_rate", "warmup_steps", "grad_clip", "ema_decay", "checkpoint_every",
+                "prediction", "loss_weighting", "snr_gamma")
         return cls(**{**{k: getattr(profile, k) for k in keys}, **changes})
+
+
+PREDICTIONS = ("eps", "v")
+LOSS_WEIGHTINGS = ("none", "min-snr")
+
+
+def check_target(prediction, loss_weighting="none", snr_gamma=5.0):
+    """Raise ValueError naming the knob and its allowed values for an unknown target or weighting."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction = {prediction!r} must be 'eps' or 'v'")
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting = {loss_weighting!r} must be 'none' or 'min-snr'")
+    if not (isinstance(snr_gamma, numbers.Real) and snr_gamma > 0):     # False for NaN too
+        raise ValueError(f"snr_gamma = {snr_gamma!r} must be a positive number, e.g. 5.0")
+
+
+def loss_weight(t, schedule: NoiseSchedule, prediction="eps", loss_weighting="none", snr_gamma=5.0):
+    """Per-example loss weight w(t), (B,) float32, for a batch of timesteps t (B,).
+
+    "none": w = 1.  "min-snr" (Hang et al. 2023), SNR_t = abar_t / (1 - abar_t):
+    w = min(SNR_t, gamma) / SNR_t for eps-prediction, min(SNR_t, gamma) / (SNR_t + 1) for v.
+    Either way w ||target - prediction||^2 = min(SNR_t, gamma) ||x0 - x0_hat||^2, because
+    ||eps - eps_hat||^2 = SNR_t ||x0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR_t + 1) ||x0 - x0_hat||^2.
+    """
+    check_target(prediction, loss_weighting, snr_gamma)
+    t = tf.cast(t, tf.int32)
+    if loss_weighting == "none":
+        return tf.ones(tf.shape(t), tf.float32)
+    snr = schedule.snr()
+    if prediction == "eps":
+        with np.errstate(divide="ignore"):
+            table = np.minimum(1.0, snr_gamma / snr)     # = min(SNR, gamma) / SNR, and 1 at SNR = 0
+    else:
+        table = np.minimum(snr, snr_gamma) / (snr + 1.0)
+    return tf.gather(tf.constant(table, tf.float32), t)
 
 
 @keras.saving.register_keras_serializable(package="ddpm_lessons")
@@ -95,7 +147,8 @@ def ema_decay_at(n, ema_decay):
 
 
 class Trainer:
-    """Train ``model`` (``[x_t, t] -> eps``) on batches of images in [-1, 1].
+    """Train ``model`` (``[x_t, t] -> eps``, or ``-> v`` with ``config.prediction="v"``) on
+    batches of images in [-1, 1].
 
     ``checkpoint_dir``: where checkpoints and ``history.json`` go; ``restore()`` continues from
     the latest one. ``fit(dataset, total_steps)`` trains until the step counter reaches
@@ -143,14 +196,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
     def _train_step(self, x0):
-        """Algorithm 1 on one batch; returns (mean loss, per-example loss (B,), t (B,))."""
+        """Algorithm 1 on one batch; returns (mean loss, weighted per-example loss (B,), t (B,))."""
+        c = self.config
         batch = tf.shape(x0)[0]
         t = self.rng.uniform([batch], 0, self.schedule.T, dtype=tf.int32)
         noise = self.rng.normal(tf.shape(x0), dtype=x0.dtype)
         x_t = q_sample(x0, t, noise, self.schedule)
+        target = noise if c.prediction == "eps" else velocity(x0, noise, t, self.schedule)
+        weight = tf.cast(loss_weight(t, self.schedule, c.prediction, c.loss_weighting, c.snr_gamma),
+                         x0.dtype)
         with tf.GradientTape() as tape:
-            eps = tf.cast(self.model([x_t, t], training=True), x0.dtype)
-            per_example = tf.reduce_mean(tf.square(noise - eps), axis=[1, 2, 3])
+            out = tf.cast(self.model([x_t, t], training=True), x0.dtype)
+            per_example = weight * tf.reduce_mean(tf.square(target - out), axis=[1, 2, 3])
             loss = tf.reduce_mean(per_example)
             scaled = self.optimizer.scale_loss(loss) if self.mixed_precision else loss
         grads = tape.gradient(scaled, self.model.trainable_variables)

@@ -246,8 +246,9 @@ def run_worker(profile_name: str, mode: str, steps: int) -> dict:
 # ------------------------------------------------------------------ sampling
 def sampling_bench(profile, quick=False, batch=SAMPLE_BATCH, steps_list=FAST_STEPS, repeats=5) -> dict:
     """Seconds to draw ``batch`` images per sampler against steps x one compiled forward pass."""
+    import numpy as np
     import tensorflow as tf
-    from .sampling import initial_noise, make_ddpm_loop, model_eps_fn, sample
+    from .sampling import ddpm_loop_step, initial_noise, make_loop, model_eps_fn, run_loop, sample
     from .schedule import NoiseSchedule
     from .unet import build_unet
     model = build_unet(profile)
@@ -263,14 +264,14 @@ def sampling_bench(profile, quick=False, batch=SAMPLE_BATCH, steps_list=FAST_STE
 
     rows = []
     # DDPM: warm the loop up on 2 steps (one trace serves every segment), then time it.
-    run = make_ddpm_loop(eps_fn, schedule, clip_x0=1.0, rank=len(shape))
-    seed = tf.constant(0, tf.int32)
-    x_T = initial_noise(shape, seed, T)
-    run(x_T, tf.constant(T, tf.int32), tf.constant(T - 2, tf.int32), seed).numpy()
+    run = make_loop(eps_fn, schedule, ddpm_loop_step(), ("ddpm", "posterior"), clip_x0=1.0, rank=len(shape))
+    x_T = initial_noise(shape, 0, T)
+    steps_from_top = lambda n: np.arange(T - 1, T - n - 2, -1, dtype=np.int32)   # n steps, then stop
+    run_loop(run, x_T, steps_from_top(2), np.zeros((0, 2), np.float32), 0).numpy()
     if quick:
         timed = min(100, T)
         t0 = time.perf_counter()
-        run(x_T, tf.constant(T, tf.int32), tf.constant(T - timed, tf.int32), seed).numpy()
+        run_loop(run, x_T, steps_from_top(timed), np.zeros((0, timed), np.float32), 0).numpy()
         seconds = (time.perf_counter() - t0) * T / timed
         note = f"timed {timed} of {T} steps, scaled by {T / timed:g}"
     else:

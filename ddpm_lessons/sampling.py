@@ -1,21 +1,29 @@
-"""Lesson 08 (used from lesson 03 on) — ancestral DDPM sampling, Ho et al. 2020, Algorithm 2.
+"""Lesson 08 (used from lesson 03 on) — samplers: ancestral DDPM, DDIM, DPM-Solver++(2M), EDM-Heun.
 
-A noise predictor eps_theta(x_t, t) defines the reverse step p_theta(x_{t-1} | x_t):
+Every sampler here walks a decreasing grid of trained timesteps t_0 > t_1 > ... > t_{K-1}, then
+to the clean image (written t = -1, alpha-bar = 1), one *step function* per interval, inside one
+compiled ``tf.while_loop`` (``make_loop``). The step functions differ; the loop does not.
 
-    x0_hat  = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps_theta(x_t, t)         (eq. 4 inverted)
-    mean    = coef1_t x0_hat + coef2_t x_t                                      (eqs. 6-7)
-            = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps_theta)         (eq. 11, same thing)
-    x_{t-1} = mean + sigma_t z,  z ~ N(0, I),  z = 0 at the last step          (Algorithm 2, line 4)
+    DDPM     (Ho et al. 2020, Algorithm 2)   x_{t-1} = mean_theta(x_t, t) + sigma_t z         (eqs. 6-7, 11)
+    DDIM     (Song et al. 2021, eq. 12)      x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sig^2) eps + sig z
+    DPM++2M  (Lu et al. 2022, Algorithm 2)   x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^{-h}) D
+    Heun     (Karras et al. 2022, Alg. 2)    second-order probability-flow ODE step in sigma, with "churn"
 
-with sigma_t^2 = beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t) ("posterior", eq. 7) or
-sigma_t^2 = beta_t ("beta"); Ho et al. Sec. 3.2 found both to work about as well.
+with x0_hat = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps_theta(x_t, t) (eq. 4 inverted).
 
-Indices are 0-based as in ``schedule.py``: the step with index ``t`` in ``0..T-1`` maps the
-paper's x_{t+1} to x_t, so the loop ends with the step ``t = 0`` that returns x_0 without noise.
+Where sampling starts. The cosine schedule's abar at t = T-1 is 2.4e-9: x0_hat there multiplies
+the network's error in eps by sqrt((1 - abar)/abar) = 2e4. ``sigma_max`` starts the grid at the
+largest timestep whose sigma_t = sqrt((1 - abar_t)/abar_t) is at most sigma_max (EDM uses 80),
+from x = sqrt(1 - abar_t) z, the noise part of x_t (its data part sqrt(abar_t) x_0 is < 1.3% there).
+Lesson 08 measures what this does to each sampler.
 
-Everything here is rank-agnostic TensorFlow: x may be (B, 2) points (lesson 03) or
-(B, H, W, C) images (lesson 08). ``eps_fn(x_t, t)`` takes x_t (B, ...) and t (B,) int32 and
-returns a tensor shaped like x_t.
+Timesteps stay integers. The U-Net was trained on t in 0..T-1, so every grid here (uniform in t,
+or Karras et al.'s rho = 7 spacing in sigma, ``timestep_grid``) is rounded to trained timesteps,
+and each step uses the exact sigma of the timestep it rounded to: the solver and the network agree.
+
+Indices are 0-based as in ``schedule.py``. Everything is rank-agnostic TensorFlow: x may be (B, 2)
+points (lesson 03) or (B, H, W, C) images. ``eps_fn(x_t, t)`` takes x_t (B, ...) and t (B,) int32
+and returns a tensor shaped like x_t.
 """
 from __future__ import annotations
 
@@ -24,11 +32,16 @@ import contextlib
 import numpy as np
 import tensorflow as tf
 
-from .forward import extract, predict_x0_from_eps, q_posterior_mean_variance
+from .forward import eps_from_v, extract, predict_x0_from_eps, q_posterior_mean_variance
 from .schedule import NoiseSchedule
 
 VARIANCES = ("posterior", "beta")
+SAMPLERS = ("ddpm", "ddim", "dpm++2m", "heun")
+SPACINGS = ("uniform", "karras")
+END = -1                                     # the grid's last entry: the clean image, abar = 1
 
+
+# ============================================================================ one DDPM step
 
 def p_mean_variance(x_t, t, eps, schedule: NoiseSchedule, clip_x0=None, variance="posterior"):
     """Mean and variance of p_theta(x_{t-1} | x_t) from a noise prediction (eqs. 6-7 via x0_hat).
@@ -40,9 +53,7 @@ def p_mean_variance(x_t, t, eps, schedule: NoiseSchedule, clip_x0=None, variance
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}")
     x_t = tf.convert_to_tensor(x_t)
-    x0_hat = predict_x0_from_eps(x_t, t, eps, schedule)
-    if clip_x0 is not None:
-        x0_hat = tf.clip_by_value(x0_hat, -clip_x0, clip_x0)
+    x0_hat = clip(predict_x0_from_eps(x_t, t, eps, schedule), clip_x0)
     mean, post_var, _ = q_posterior_mean_variance(x0_hat, x_t, t, schedule)
     if variance == "posterior":
         var = post_var                                           # beta~_t (eq. 7)
@@ -63,6 +74,258 @@ def ddpm_step(x_t, t, eps, schedule: NoiseSchedule, noise, clip_x0=None, varianc
     return mean + nonzero * tf.sqrt(var) * tf.cast(noise, mean.dtype)
 
 
+def clip(x0_hat, clip_x0):
+    """x0_hat limited to the data range: None (no limit), a bound c (clip to [-c, c]), or
+    "dynamic" (Saharia et al. 2022: per image, s = max(1, 99.5th percentile of |x0_hat|), then
+    clip to [-s, s] and divide by s)."""
+    if clip_x0 is None:
+        return x0_hat
+    if clip_x0 == "dynamic":
+        flat = tf.sort(tf.reshape(tf.abs(x0_hat), [tf.shape(x0_hat)[0], -1]), axis=1)
+        k = tf.cast(tf.round(0.995 * tf.cast(tf.shape(flat)[1] - 1, tf.float32)), tf.int32)
+        s = tf.maximum(tf.gather(flat, k, axis=1), 1.0)
+        s = tf.reshape(s, [-1] + [1] * (len(x0_hat.shape) - 1))
+        return tf.clip_by_value(x0_hat, -s, s) / s
+    return tf.clip_by_value(x0_hat, -clip_x0, clip_x0)
+
+
+# ============================================================================ the time grid
+
+def sigmas(schedule: NoiseSchedule) -> np.ndarray:
+    """sigma_t = sqrt((1 - abar_t) / abar_t) for t = 0..T-1: the noise level of x_t / sqrt(abar_t)
+    (the "variance-exploding" view of Karras et al. 2022). Increasing in t."""
+    return np.sqrt((1.0 - schedule.alphas_cumprod) / schedule.alphas_cumprod)
+
+
+def start_timestep(schedule: NoiseSchedule, sigma_max=None) -> int:
+    """T-1, or the largest timestep whose sigma_t <= ``sigma_max``."""
+    if sigma_max is None:
+        return schedule.T - 1
+    ok = np.flatnonzero(sigmas(schedule) <= sigma_max)
+    if not len(ok):
+        raise ValueError(f"sigma_max = {sigma_max} is below the smallest trained sigma "
+                         f"{sigmas(schedule)[0]:.3g}")
+    return int(ok[-1])
+
+
+def timestep_sequence(T: int, num_steps: int, t_start: int | None = None) -> np.ndarray:
+    """``num_steps`` timesteps evenly spread from ``t_start`` (default T-1) down to 0 (0-based).
+    One step starts at t_start, as every other implementation does (not at 0, which would treat
+    pure noise as a nearly clean image)."""
+    t_start = T - 1 if t_start is None else int(t_start)
+    if not 1 <= num_steps <= t_start + 1:
+        raise ValueError(f"num_steps must be between 1 and {t_start + 1} (T={T}), got {num_steps}")
+    return np.unique(np.round(np.linspace(0, t_start, num_steps)).astype(np.int32))[::-1].copy()
+
+
+def karras_timesteps(schedule: NoiseSchedule, num_steps: int, sigma_max=None, rho: float = 7.0):
+    """Karras et al. (2022) eq. 5, sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho,
+    from sigma(t_start) down to sigma(0), each rounded (in log sigma) to the nearest trained timestep.
+    Rounding can merge neighbours at the low end: the result may be shorter than ``num_steps``."""
+    sig = sigmas(schedule)
+    t_start = start_timestep(schedule, sigma_max)
+    if not 1 <= num_steps <= t_start + 1:
+        raise ValueError(f"num_steps must be between 1 and {t_start + 1}, got {num_steps}")
+    hi, lo = sig[t_start] ** (1 / rho), sig[0] ** (1 / rho)
+    wanted = (hi + np.linspace(0, 1, num_steps) * (lo - hi)) ** rho
+    t = np.abs(np.log(sig)[None, :] - np.log(wanted)[:, None]).argmin(axis=1)
+    return np.unique(t.astype(np.int32))[::-1].copy()
+
+
+def timestep_grid(schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform",
+                  sigma_max=None) -> np.ndarray:
+    """The decreasing timesteps a sampler visits, then ``END`` (-1, the clean image): int32 (K + 1,)."""
+    if spacing == "uniform":
+        taus = timestep_sequence(schedule.T, num_steps, start_timestep(schedule, sigma_max))
+    elif spacing == "karras":
+        taus = karras_timesteps(schedule, num_steps, sigma_max)
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
+    return np.append(taus, END).astype(np.int32)
+
+
+def _abar(schedule: NoiseSchedule, dtype=tf.float32):
+    """alpha_bar as a (T + 1,) tensor whose last entry (index -1 = END) is 1: the clean image."""
+    return tf.constant(np.append(schedule.alphas_cumprod, 1.0), dtype=dtype)
+
+
+# ============================================================================ the step functions
+#
+# A step function is  step(x, i, grid, ctx) -> (x_next, x0_hat, carry)  for the interval
+# grid[i] -> grid[i + 1]. ``ctx`` holds what every step may need: ``denoise(x, t)`` -> (eps, x0_hat)
+# with x0_hat clipped as asked, ``noise(t)`` (stateless: the same seed and t give the same z in
+# every sampler), ``gather(t)`` (abar_t broadcastable against x), ``carry`` (what the step
+# passed on: DPM-Solver++'s previous x0_hat), ``extra`` (a per-step vector: Heun's churned times).
+
+class _Context:
+    def __init__(self, eps_fn, schedule, x, seed, clip_x0, carry, extra):
+        self.abar = _abar(schedule, x.dtype)
+        self.batch, self.rank = tf.shape(x)[0], len(x.shape)
+        self.eps_fn, self.schedule, self.seed, self.clip_x0 = eps_fn, schedule, seed, clip_x0
+        self.carry, self.extra = carry, extra
+
+    def gather(self, t):
+        """abar_t for a scalar timestep (END -> 1), shaped (1, 1, ..., 1)."""
+        a = tf.gather(self.abar, tf.math.floormod(t, self.schedule.T + 1))
+        return tf.reshape(a, [1] * self.rank)
+
+    def times(self, t):
+        return tf.fill([self.batch], t)
+
+    def denoise(self, x, t):
+        """(eps, x0_hat) at scalar timestep t; with a clipped x0_hat, eps is the one it implies."""
+        eps = tf.cast(self.eps_fn(x, self.times(t)), x.dtype)
+        a = self.gather(t)
+        x0_hat = (x - tf.sqrt(1.0 - a) * eps) / tf.sqrt(a)                  # eq. 4 inverted
+        if self.clip_x0 is not None:
+            x0_hat = clip(x0_hat, self.clip_x0)
+            eps = (x - tf.sqrt(a) * x0_hat) / tf.sqrt(1.0 - a)
+        return eps, x0_hat
+
+    def noise(self, x, t):
+        return tf.random.stateless_normal(tf.shape(x), seed=_noise_seed(self.seed, t), dtype=x.dtype)
+
+
+def ddpm_loop_step(variance="posterior"):
+    """Algorithm 2 (all T steps): grid[i + 1] = grid[i] - 1."""
+    def step(x, i, grid, ctx):
+        t = grid[i]
+        eps = tf.cast(ctx.eps_fn(x, ctx.times(t)), x.dtype)
+        mean, var, x0_hat = p_mean_variance(x, ctx.times(t), eps, ctx.schedule, ctx.clip_x0, variance)
+        last = tf.cast(tf.equal(t, 0), x.dtype)
+        return mean + (1.0 - last) * tf.sqrt(var) * ctx.noise(x, t), x0_hat, ctx.carry
+    return step
+
+
+def ddim_step(x_t, t, s, eps, schedule: NoiseSchedule, eta=0.0, noise=None, clip_x0=None):
+    """One DDIM step x_t -> x_s (Song et al. eq. 12). t, s: (B,) int, s < t, s = -1 for x_0.
+
+        sigma = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s)                 (eq. 16)
+        x_s   = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps + sigma z
+
+    eta = 0: deterministic; eta = 1 on all T steps: the DDPM posterior step; eta = 1 on a
+    subsequence: ancestral sampling on the respaced schedule (Nichol & Dhariwal 2021).
+    Returns (x_s, x0_hat). ``noise`` z (shaped like x_t) is needed only when eta > 0.
+    """
+    x_t = tf.convert_to_tensor(x_t)
+    eps = tf.cast(eps, x_t.dtype)
+    abar = _abar(schedule, x_t.dtype)
+    shape = [-1] + [1] * (len(x_t.shape) - 1)
+    a_t = tf.reshape(tf.gather(abar, tf.cast(t, tf.int32)), shape)
+    a_s = tf.reshape(tf.gather(abar, tf.math.floormod(tf.cast(s, tf.int32), schedule.T + 1)), shape)
+    x0_hat = (x_t - tf.sqrt(1.0 - a_t) * eps) / tf.sqrt(a_t)
+    if clip_x0 is not None:
+        x0_hat = clip(x0_hat, clip_x0)
+        eps = (x_t - tf.sqrt(a_t) * x0_hat) / tf.sqrt(1.0 - a_t)     # the noise the clipped x0 implies
+    sigma = eta * tf.sqrt((1.0 - a_s) / (1.0 - a_t)) * tf.sqrt(1.0 - a_t / a_s)
+    x_s = tf.sqrt(a_s) * x0_hat + tf.sqrt(tf.maximum(1.0 - a_s - sigma ** 2, 0.0)) * eps
+    if noise is not None:
+        x_s = x_s + sigma * tf.cast(noise, x_t.dtype)
+    return x_s, x0_hat
+
+
+def ddim_loop_step(eta=0.0):
+    """DDIM (eq. 12) from grid[i] to grid[i + 1]; fresh noise only when eta > 0."""
+    def step(x, i, grid, ctx):
+        t, s = grid[i], grid[i + 1]
+        eps, x0_hat = ctx.denoise(x, t)
+        a_t, a_s = ctx.gather(t), ctx.gather(s)
+        sigma = eta * tf.sqrt((1.0 - a_s) / (1.0 - a_t)) * tf.sqrt(1.0 - a_t / a_s)
+        x_s = tf.sqrt(a_s) * x0_hat + tf.sqrt(tf.maximum(1.0 - a_s - sigma ** 2, 0.0)) * eps
+        if eta > 0:
+            x_s = x_s + sigma * ctx.noise(x, t)
+        return x_s, x0_hat, ctx.carry
+    return step
+
+
+def dpmpp2m_coefficients(schedule: NoiseSchedule, taus) -> tuple:
+    """Per-step (c_x, c_d, w) for x_s = c_x x_t + c_d ((1 + w) x0_hat - w x0_prev), as float64
+    arrays of the length of ``taus`` (decreasing timesteps; the last step goes to x_0):
+
+        alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma), h = lambda_s - lambda_t
+        c_x = sigma_s / sigma_t,  c_d = alpha_s (1 - e^{-h}),  w = 1 / (2r),  r = h_prev / h
+
+    w = 0 on the first step (no history) and on the last (to x_0, "lower order final")."""
+    taus = np.asarray(taus)
+    ab = np.append(schedule.alphas_cumprod.astype(np.float64), 1.0)
+    t, s = taus, np.append(taus[1:], END)
+    alpha_t, sigma_t = np.sqrt(ab[t]), np.sqrt(1 - ab[t])
+    alpha_s, sigma_s = np.sqrt(ab[s]), np.sqrt(1 - ab[s])
+    c_x = sigma_s / sigma_t
+    c_d = alpha_s - alpha_t * sigma_s / sigma_t            # alpha_s (1 - e^{-h}), e^{-h} = alpha_t sigma_s / (sigma_t alpha_s)
+    with np.errstate(divide="ignore"):
+        lam = lambda a, b: np.log(a) - np.log(b)
+        h = lam(alpha_s, sigma_s) - lam(alpha_t, sigma_t)   # inf on the last step (sigma_s = 0)
+    w = np.zeros(len(taus))
+    inner = np.arange(1, len(taus) - 1)                    # not the first step, not the last
+    w[inner] = h[inner] / (2 * h[inner - 1])
+    return c_x, c_d, w
+
+
+def dpmpp2m_loop_step(x, i, grid, ctx):
+    """DPM-Solver++(2M): ``ctx.extra`` is (3, K): the rows c_x, c_d, w of ``dpmpp2m_coefficients``;
+    the carry is the previous step's x0_hat (the correction costs no network evaluation)."""
+    _, x0_hat = ctx.denoise(x, grid[i])
+    c_x, c_d, w = (tf.cast(ctx.extra[j, i], x.dtype) for j in range(3))
+    d = (1.0 + w) * x0_hat - w * ctx.carry
+    return c_x * x + c_d * d, x0_hat, x0_hat
+
+
+def heun_timesteps(schedule: NoiseSchedule, grid, churn: float = 0.0, s_noise: float = 1.0):
+    """Karras et al. Algorithm 2's raised noise levels sigma_hat_i = (1 + gamma) sigma_i with
+    gamma = min(churn / K, sqrt(2) - 1), rounded to trained timesteps (>= grid[i]): int32 (K,).
+    churn = 0 gives the grid itself (the deterministic Heun sampler)."""
+    sig = sigmas(schedule)
+    taus = np.asarray(grid)[:-1]
+    gamma = min(churn / len(taus), np.sqrt(2) - 1) if churn > 0 else 0.0
+    wanted = sig[taus] * (1 + gamma)
+    t_hat = np.abs(np.log(sig)[None, :] - np.log(wanted)[:, None]).argmin(axis=1)
+    return np.maximum(t_hat, taus).astype(np.int32)
+
+
+def heun_loop_step(s_noise=1.0):
+    """EDM's step (Karras et al. 2022, Algorithm 2) in x_ve = x / sqrt(abar) with sigma as time:
+
+        churn   x_hat = x_ve + sqrt(sig_hat^2 - sig_t^2) S_noise z            (sig_hat >= sig_t)
+        Euler   d = (x_hat - D(x_hat, sig_hat)) / sig_hat,   x' = x_hat + (sig_s - sig_hat) d
+        Heun    d' = (x' - D(x', sig_s)) / sig_s,            x_s = x_hat + (sig_s - sig_hat)(d + d')/2
+
+    D is x0_hat. The last step (sig_s = 0) is the Euler step alone: 2K - 1 network evaluations.
+    ``ctx.extra`` holds the churned timesteps (``heun_timesteps``) as floats.
+    """
+    def step(x, i, grid, ctx):
+        t, s = grid[i], grid[i + 1]
+        t_hat = tf.cast(ctx.extra[0, i], tf.int32)
+        a_t, a_hat, a_s = ctx.gather(t), ctx.gather(t_hat), ctx.gather(s)
+        sig = lambda a: tf.sqrt((1.0 - a) / a)
+        sig_t, sig_hat, sig_s = sig(a_t), sig(a_hat), sig(a_s)
+        x_hat = x / tf.sqrt(a_t)
+        x_hat = x_hat + tf.sqrt(tf.maximum(sig_hat ** 2 - sig_t ** 2, 0.0)) * s_noise * ctx.noise(x, t)
+        _, d0 = ctx.denoise(x_hat * tf.sqrt(a_hat), t_hat)
+        d = (x_hat - d0) / sig_hat
+        euler = x_hat + (sig_s - sig_hat) * d
+
+        def corrected():
+            _, d1 = ctx.denoise(euler * tf.sqrt(a_s), s)
+            return x_hat + (sig_s - sig_hat) * 0.5 * (d + (euler - d1) / sig_s)
+
+        x_s = tf.cond(tf.greater_equal(s, 0), corrected, lambda: d0)       # Euler to sigma = 0 is D itself
+        return x_s * tf.sqrt(a_s), d0, ctx.carry
+    return step
+
+
+# ============================================================================ the loop
+
+def _noise_seed(seed, t):
+    """Stateless seed pair for the noise drawn at timestep t (t = T draws x_T): reproducible, XLA-safe."""
+    return tf.stack([tf.cast(seed, tf.int32), tf.cast(t, tf.int32)])
+
+
+def initial_noise(shape, seed, T: int, dtype=tf.float32):
+    """z ~ N(0, I) from the stateless seed (seed, T): every sampler starts from it for the same seed."""
+    return tf.random.stateless_normal(list(shape), seed=_noise_seed(seed, T), dtype=dtype)
+
+
 @contextlib.contextmanager
 def _quiet_tf_warnings():
     """Each (eps_fn, schedule) pair needs its own trace of the loop, by design; TensorFlow counts
@@ -76,60 +339,76 @@ def _quiet_tf_warnings():
         logger.setLevel(level)
 
 
-def _noise_seed(seed, i):
-    """Stateless seed pair for step i (i = T draws x_T): reproducible, XLA-safe."""
-    return tf.stack([tf.cast(seed, tf.int32), tf.cast(i, tf.int32)])
+def make_loop(eps_fn, schedule: NoiseSchedule, step, key, clip_x0=None, keep_trajectory=False,
+              rank=None):
+    """A compiled ``run(x, grid, extra, seed)`` applying ``step`` on every interval of ``grid``.
 
+    grid: decreasing int32 timesteps (K + 1,) ending in the target (END = -1 for x_0, or any later
+    timestep to stop part way); extra: float32 (rows, K) per-step numbers for the step function;
+    seed: int32 scalar. One trace serves every grid length, batch and seed. With ``keep_trajectory``
+    it also returns x and x0_hat before every step, stacked: (K, B, ...) each.
 
-def initial_noise(shape, seed, T: int, dtype=tf.float32):
-    """x_T ~ N(0, I) from the stateless seed (seed, T): every sampler starts here for the same seed."""
-    return tf.random.stateless_normal(list(shape), seed=_noise_seed(seed, T), dtype=dtype)
+    The loop is kept on ``eps_fn`` itself under ``key`` (plus schedule, clipping, trajectory and rank),
+    so sampling again with the same eps_fn does not trace again, and the loop is freed with eps_fn.
+    """
+    loops = _loops_of(eps_fn)
+    full_key = (key, id(schedule), clip_x0, keep_trajectory, rank)
+    if loops is not None and full_key in loops and loops[full_key][0] is schedule:
+        return loops[full_key][1]
 
+    @tf.function(reduce_retracing=True)
+    def run(x, grid, extra, seed):
+        k = tf.shape(grid)[0] - 1
+        size = k if keep_trajectory else 0
+        xs = tf.TensorArray(x.dtype, size=size, dynamic_size=False)
+        x0s = tf.TensorArray(x.dtype, size=size, dynamic_size=False)
 
-_LOOP_CACHE: dict = {}
-_LOOP_CACHE_SIZE = 8
+        def body(i, x, carry, xs, x0s):
+            ctx = _Context(eps_fn, schedule, x, seed, clip_x0, carry, extra)
+            x_next, x0_hat, carry = step(x, i, grid, ctx)
+            if keep_trajectory:
+                xs, x0s = xs.write(i, x), x0s.write(i, x0_hat)
+            return i + 1, x_next, carry, xs, x0s
 
+        _, x, _, xs, x0s = tf.while_loop(lambda i, *_: i < k, body, (0, x, tf.zeros_like(x), xs, x0s),
+                                         maximum_iterations=schedule.T)
+        if keep_trajectory:
+            return x, xs.stack(), x0s.stack()
+        return x
 
-def _cached_loop(key, schedule, run):
-    """The loop already stored under ``key`` for this very schedule object (it keeps its traces),
-    else ``run``, stored; the oldest is dropped when more than ``_LOOP_CACHE_SIZE`` are kept."""
-    cached = _LOOP_CACHE.get(key)
-    if cached is not None and cached[0] is schedule:
-        return cached[1]
-    if len(_LOOP_CACHE) >= _LOOP_CACHE_SIZE:
-        _LOOP_CACHE.pop(next(iter(_LOOP_CACHE)))
-    _LOOP_CACHE[key] = (schedule, run)
+    if loops is not None:
+        loops[full_key] = (schedule, run)
     return run
 
 
-def make_ddpm_loop(eps_fn, schedule: NoiseSchedule, clip_x0=None, variance="posterior", rank=None):
-    """A compiled ``run(x, t_hi, t_lo, seed)`` taking x_{t_hi} to x_{t_lo} (paper indices).
+def _loops_of(eps_fn):
+    """The dict of compiled loops stored on ``eps_fn`` (None if it cannot hold attributes)."""
+    try:
+        return eps_fn.__dict__.setdefault("_sampling_loops", {})
+    except AttributeError:
+        return None
 
-    Runs the steps with 0-based index t_hi-1, ..., t_lo in a ``tf.while_loop``; t_hi, t_lo and
-    seed are int32 scalar tensors, so one trace serves every segment and every seed.
-    Step i draws its noise with the stateless seed (seed, i). The last few loops are cached,
-    keyed by (eps_fn, schedule, clip_x0, variance, rank): pass the same eps_fn object to sample
-    again without tracing again. ``rank`` (of x) keeps points and images in separate loops, so
-    TensorFlow never relaxes x to an unknown rank.
-    """
-    key = (eps_fn, id(schedule), clip_x0, variance, rank)
 
-    @tf.function(reduce_retracing=True)
-    def run(x, t_hi, t_lo, seed):
-        batch = tf.shape(x)[0]
+def run_loop(run, x, grid, extra, seed):
+    """``run`` (from ``make_loop``) on NumPy grid and extra; traced once for any batch, grid length
+    and seed (the first call traces it with those sizes left open)."""
+    x = tf.convert_to_tensor(x)
+    with _quiet_tf_warnings():
+        run.get_concrete_function(tf.TensorSpec([None] + x.shape[1:], x.dtype), tf.TensorSpec([None], tf.int32),
+                                  tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([], tf.int32))
+        return run(x, tf.constant(grid, tf.int32), tf.constant(extra, tf.float32),
+                   tf.constant(int(seed), tf.int32))
 
-        def body(i, x):
-            t = tf.fill([batch], i)
-            eps = tf.cast(eps_fn(x, t), x.dtype)
-            z = tf.random.stateless_normal(tf.shape(x), seed=_noise_seed(seed, i), dtype=x.dtype)
-            return i - 1, ddpm_step(x, t, eps, schedule, z, clip_x0=clip_x0, variance=variance)
 
-        _, x = tf.while_loop(lambda i, x: i >= t_lo, body, (t_hi - 1, x),
-                             maximum_iterations=schedule.T)
-        return x
+def _start(shape, seed, schedule, t_start, x_T, dtype):
+    """x at the first timestep: ``x_T`` if given, else sqrt(1 - abar_t) z with z = initial_noise(seed)."""
+    if x_T is not None:
+        return tf.cast(x_T, dtype)
+    a = schedule.alphas_cumprod[t_start]
+    return tf.cast(np.sqrt(1.0 - a), dtype) * initial_noise(shape, int(seed), schedule.T, dtype)
 
-    return _cached_loop(key, schedule, run)
 
+# ============================================================================ the samplers
 
 def ddpm_sample(eps_fn, shape, schedule: NoiseSchedule, seed=0, clip_x0=None,
                 variance="posterior", return_trajectory=None, dtype=tf.float32):
@@ -142,18 +421,21 @@ def ddpm_sample(eps_fn, shape, schedule: NoiseSchedule, seed=0, clip_x0=None,
     Returns x_0 as a NumPy array (B, ...); with ``return_trajectory`` also an array
     (len(steps), B, ...) of snapshots, in the order given.
     """
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}")
     T = schedule.T
-    run = make_ddpm_loop(eps_fn, schedule, clip_x0=clip_x0, variance=variance, rank=len(shape))
-    seed_t = tf.constant(int(seed), tf.int32)
-    x = initial_noise(shape, seed_t, T, dtype)
+    run = make_loop(eps_fn, schedule, ddpm_loop_step(variance), ("ddpm", variance), clip_x0=clip_x0,
+                    rank=len(shape))
+    x = initial_noise(shape, int(seed), T, dtype)
     stops = sorted({int(s) for s in (return_trajectory or [])} | {0}, reverse=True)
     if stops[0] > T or stops[-1] < 0:
         raise ValueError(f"trajectory steps must lie in [0, {T}], got {return_trajectory}")
+    no_extra = np.zeros((0, T), np.float32)
     snaps, current = {T: x.numpy()}, T
     for s in stops:
-        if s < current:
-            with _quiet_tf_warnings():
-                x = run(x, tf.constant(current, tf.int32), tf.constant(s, tf.int32), seed_t)
+        if s < current:      # paper x_current -> x_s: 0-based steps current-1 .. s, then stop at s-1
+            grid = np.arange(current - 1, s - 2, -1, dtype=np.int32)
+            x = run_loop(run, x, grid, no_extra, seed)
             current = s
             snaps[s] = x.numpy()
     x0 = snaps[0]
@@ -162,127 +444,59 @@ def ddpm_sample(eps_fn, shape, schedule: NoiseSchedule, seed=0, clip_x0=None,
     return x0, np.stack([snaps[int(s)] for s in return_trajectory])
 
 
-# ============================================================================ DDIM (lesson 08)
-#
-# DDIM (Song, Meng & Ermon 2021, eq. 12) walks a decreasing subsequence tau of the T timesteps.
-# From x_t to x_s (s < t, s = -1 meaning "x_0 itself", abar_{-1} = 1):
-#
-#     x0_hat  = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)        [clipped; eps recomputed from it]
-#     sigma   = eta * sqrt((1 - abar_s) / (1 - abar_t)) * sqrt(1 - abar_t / abar_s)        (eq. 16)
-#     x_s     = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps + sigma z
-#
-# eta = 0: deterministic ("DDIM"); eta = 1 with all T steps: sigma^2 = beta~_t and the step *is*
-# the DDPM posterior-variance step (Algorithm 2); eta = 1 on a subsequence is ancestral sampling
-# on the respaced schedule of Nichol & Dhariwal (2021).
-
-def timestep_sequence(T: int, num_steps: int) -> np.ndarray:
-    """``num_steps`` timesteps evenly spread over 0..T-1, decreasing: T-1, ..., 0 (0-based)."""
-    if not 1 <= num_steps <= T:
-        raise ValueError(f"num_steps must be between 1 and T={T}, got {num_steps}")
-    return np.unique(np.round(np.linspace(0, T - 1, num_steps)).astype(np.int32))[::-1].copy()
-
-
-def _abar_with_end(schedule: NoiseSchedule, dtype):
-    """alpha_bar as a (T + 1,) tensor whose last entry (index -1) is 1: the clean image."""
-    return tf.constant(np.append(schedule.alphas_cumprod, 1.0), dtype=dtype)
-
-
-def ddim_step(x_t, t, s, eps, schedule: NoiseSchedule, eta=0.0, noise=None, clip_x0=None):
-    """One DDIM step x_t -> x_s (Song et al. eq. 12). t, s: (B,) int, s < t, s = -1 for x_0.
-
-    Returns (x_s, x0_hat). ``noise`` z (shaped like x_t) is needed only when eta > 0.
-    """
-    x_t = tf.convert_to_tensor(x_t)
-    eps = tf.cast(eps, x_t.dtype)
-    abar = _abar_with_end(schedule, x_t.dtype)
-    shape = [-1] + [1] * (len(x_t.shape) - 1)
-    a_t = tf.reshape(tf.gather(abar, tf.cast(t, tf.int32)), shape)
-    s_index = tf.math.floormod(tf.cast(s, tf.int32), schedule.T + 1)  # -1 -> T: the appended 1.0
-    a_s = tf.reshape(tf.gather(abar, s_index), shape)
-    x0_hat = (x_t - tf.sqrt(1.0 - a_t) * eps) / tf.sqrt(a_t)
-    if clip_x0 is not None:
-        x0_hat = tf.clip_by_value(x0_hat, -clip_x0, clip_x0)
-        eps = (x_t - tf.sqrt(a_t) * x0_hat) / tf.sqrt(1.0 - a_t)     # the noise the clipped x0 implies
-    sigma = eta * tf.sqrt((1.0 - a_s) / (1.0 - a_t)) * tf.sqrt(1.0 - a_t / a_s)
-    x_s = tf.sqrt(a_s) * x0_hat + tf.sqrt(tf.maximum(1.0 - a_s - sigma ** 2, 0.0)) * eps
-    if noise is not None:
-        x_s = x_s + sigma * tf.cast(noise, x_t.dtype)
-    return x_s, x0_hat
-
-
-def make_ddim_loop(eps_fn, schedule: NoiseSchedule, eta=0.0, clip_x0=None, keep_trajectory=False,
-                   rank=None):
-    """A compiled ``run(x, taus, seed)``: DDIM steps along the decreasing int32 tensor ``taus``.
-
-    One ``tf.while_loop``; taus, eta's noise seed and the batch are tensors, so one trace serves
-    every step count and seed. With ``keep_trajectory`` it also returns x_t and x0_hat before
-    every step, stacked: (K, B, ...) each. ``rank``: as in ``make_ddpm_loop``.
-    """
-    key = ("ddim", eps_fn, id(schedule), float(eta), clip_x0, keep_trajectory, rank)
-
-    @tf.function(reduce_retracing=True)
-    def run(x, taus, seed):
-        batch, k = tf.shape(x)[0], tf.shape(taus)[0]
-        prevs = tf.concat([taus[1:], [-1]], axis=0)
-        xs = tf.TensorArray(x.dtype, size=k if keep_trajectory else 0, dynamic_size=False)
-        x0s = tf.TensorArray(x.dtype, size=k if keep_trajectory else 0, dynamic_size=False)
-
-        def body(i, x, xs, x0s):
-            t, s = tf.fill([batch], taus[i]), tf.fill([batch], prevs[i])
-            eps = eps_fn(x, t)
-            z = (tf.random.stateless_normal(tf.shape(x), seed=_noise_seed(seed, taus[i]), dtype=x.dtype)
-                 if eta > 0 else None)
-            x_next, x0_hat = ddim_step(x, t, s, eps, schedule, eta=eta, noise=z, clip_x0=clip_x0)
-            if keep_trajectory:
-                xs, x0s = xs.write(i, x), x0s.write(i, x0_hat)
-            return i + 1, x_next, xs, x0s
-
-        _, x, xs, x0s = tf.while_loop(lambda i, *_: i < k, body, (0, x, xs, x0s),
-                                      maximum_iterations=schedule.T)
-        if keep_trajectory:
-            return x, xs.stack(), x0s.stack()
-        return x
-
-    return _cached_loop(key, schedule, run)
-
-
 def ddim_sample(eps_fn, shape, schedule: NoiseSchedule, num_steps=50, eta=0.0, seed=0,
-                clip_x0=None, x_T=None, return_trajectory=False, dtype=tf.float32):
+                clip_x0=None, x_T=None, return_trajectory=False, dtype=tf.float32,
+                spacing="uniform", sigma_max=None):
     """DDIM sampling with ``num_steps`` network evaluations (Song et al. 2021).
 
     eta = 0 is deterministic given x_T; eta = 1 is ancestral sampling on the respaced schedule.
-    x_T: optional starting noise (e.g. from ``ddim_invert``); else drawn from ``seed`` exactly
-    as ``ddpm_sample`` draws it, so both samplers start from the same x_T for the same seed.
-    Returns x_0 as NumPy (B, ...); with ``return_trajectory`` also (taus, x_t (K, B, ...),
-    x0_hat (K, B, ...)) before each step.
+    x_T: optional starting point (e.g. from ``ddim_invert``) at the grid's first timestep; else
+    sqrt(1 - abar) z with z from ``seed``, the same z for every sampler. spacing, sigma_max: see
+    ``timestep_grid``. Returns x_0 as NumPy (B, ...); with ``return_trajectory`` also
+    (taus, x_t (K, B, ...), x0_hat (K, B, ...)) before each step.
     """
-    taus = tf.constant(timestep_sequence(schedule.T, num_steps), tf.int32)
-    seed_t = tf.constant(int(seed), tf.int32)
-    if x_T is None:
-        x_T = initial_noise(shape, seed_t, schedule.T, dtype)
-    run = make_ddim_loop(eps_fn, schedule, eta=eta, clip_x0=clip_x0, keep_trajectory=return_trajectory,
-                         rank=len(x_T.shape))
-    x_T = tf.cast(x_T, dtype)
-    with _quiet_tf_warnings():
-        # trace once for any batch size and step count (a later call with other sizes reuses it)
-        run.get_concrete_function(tf.TensorSpec([None] + x_T.shape[1:], dtype),
-                                  tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32))
-        out = run(x_T, taus, seed_t)
+    grid = timestep_grid(schedule, num_steps, spacing, sigma_max)
+    x = _start(shape, seed, schedule, grid[0], x_T, dtype)
+    run = make_loop(eps_fn, schedule, ddim_loop_step(float(eta)), ("ddim", float(eta)), clip_x0=clip_x0,
+                    keep_trajectory=bool(return_trajectory), rank=len(x.shape))
+    out = run_loop(run, x, grid, np.zeros((0, len(grid) - 1), np.float32), seed)
     if not return_trajectory:
         return out.numpy()
     x0, xs, x0s = out
-    return x0.numpy(), (taus.numpy(), xs.numpy(), x0s.numpy())
+    return x0.numpy(), (grid[:-1], xs.numpy(), x0s.numpy())
 
 
-def ddim_invert(eps_fn, x0, schedule: NoiseSchedule, num_steps=50):
-    """Encode images into DDIM noise: the eta = 0 update run forwards, x_0 -> x_T (Song et al. Sec. 4.3).
+def dpmpp2m_sample(eps_fn, shape, schedule: NoiseSchedule, num_steps=20, seed=0, clip_x0=None,
+                   x_T=None, dtype=tf.float32, spacing="uniform", sigma_max=None):
+    """DPM-Solver++(2M) with ``num_steps`` network evaluations; deterministic given x_T (drawn
+    as in ``ddim_sample``). Returns NumPy (B, ...)."""
+    grid = timestep_grid(schedule, num_steps, spacing, sigma_max)
+    extra = np.stack(dpmpp2m_coefficients(schedule, grid[:-1])).astype(np.float32)
+    x = _start(shape, seed, schedule, grid[0], x_T, dtype)
+    run = make_loop(eps_fn, schedule, dpmpp2m_loop_step, ("dpm++2m",), clip_x0=clip_x0, rank=len(x.shape))
+    return run_loop(run, x, grid, extra, seed).numpy()
 
-    From x_s to the next timestep t > s along the same subsequence that ``ddim_sample`` walks down:
+
+def heun_sample(eps_fn, shape, schedule: NoiseSchedule, num_steps=10, churn=0.0, s_noise=1.0, seed=0,
+                clip_x0=None, x_T=None, dtype=tf.float32, spacing="karras", sigma_max=80.0):
+    """EDM's Heun sampler (Karras et al. 2022, Algorithm 2) on ``num_steps`` noise levels:
+    2 num_steps - 1 network evaluations. churn = 0: deterministic (Algorithm 1); churn > 0 adds
+    noise before each step and removes it with the step (stochastic). Returns NumPy (B, ...)."""
+    grid = timestep_grid(schedule, num_steps, spacing, sigma_max)
+    extra = heun_timesteps(schedule, grid, churn)[None, :].astype(np.float32)
+    x = _start(shape, seed, schedule, grid[0], x_T, dtype)
+    run = make_loop(eps_fn, schedule, heun_loop_step(float(s_noise)), ("heun", float(s_noise)),
+                    clip_x0=clip_x0, rank=len(x.shape))
+    return run_loop(run, x, grid, extra, seed).numpy()
+
+
+def ddim_invert(eps_fn, x0, schedule: NoiseSchedule, num_steps=50, spacing="uniform", sigma_max=None):
+    """Encode images into DDIM noise: the eta = 0 update run forwards, x_0 -> x_{t_start} (Song et al.
+    Sec. 4.3), along the grid ``ddim_sample`` walks down with the same arguments:
     x_t = sqrt(abar_t) x0_hat(x_s, s) + sqrt(1 - abar_t) eps(x_s, s). Decoding the result with
-    ``ddim_sample(..., eta=0, x_T=result)`` and the same ``num_steps`` gives back x_0 up to the
-    discretisation error (eps is evaluated at the start of each step, not at its end).
-    """
-    taus = timestep_sequence(schedule.T, num_steps)[::-1]             # increasing: 0, ..., T-1
+    ``ddim_sample(..., eta=0, x_T=result)`` gives back x_0 up to the discretisation error (eps is
+    evaluated at the start of each step, not at its end)."""
+    taus = timestep_grid(schedule, num_steps, spacing, sigma_max)[:-1][::-1]     # increasing
     abar = schedule.alphas_cumprod
     x0 = tf.convert_to_tensor(x0)
     steps = lambda t: tf.fill([tf.shape(x0)[0]], int(t))
@@ -290,139 +504,75 @@ def ddim_invert(eps_fn, x0, schedule: NoiseSchedule, num_steps=50):
     x = np.sqrt(a) * x0 + np.sqrt(1 - a) * tf.cast(eps_fn(np.sqrt(a) * x0, steps(taus[0])), x0.dtype)
     for s, t in zip(taus[:-1], taus[1:]):
         eps = tf.cast(eps_fn(x, steps(s)), x0.dtype)
-        x0_hat = (x - np.sqrt(1 - abar[s]) * eps) / np.sqrt(abar[s])
+        x0_hat = predict_x0_from_eps(x, steps(s), eps, schedule)
         x = np.sqrt(abar[t]) * x0_hat + np.sqrt(1 - abar[t]) * eps
     return x.numpy()
 
 
-# ============================================================================ DPM-Solver++(2M)
-#
-# Lu et al. 2022 ("DPM-Solver++", Algorithm 2): a second-order multistep solver of the
-# probability-flow ODE written for the data prediction x0_hat. With alpha = sqrt(abar),
-# sigma = sqrt(1 - abar) and lambda = log(alpha / sigma), from x_t to x_s along tau:
-#
-#     h      = lambda_s - lambda_t,  r = h_prev / h
-#     D      = (1 + 1/(2r)) x0_hat(x_t) - 1/(2r) x0_hat(previous step)     (first step: D = x0_hat)
-#     x_s    = (sigma_s / sigma_t) x_t + alpha_s (1 - e^{-h}) D
-#
-# With D = x0_hat the step is exactly deterministic DDIM; the correction D uses the x0_hat of
-# the step before at no extra network evaluation. The last step (to x_0, sigma = 0) is first
-# order ("lower order final"), so it returns x0_hat.
-
-def dpmpp2m_coefficients(schedule: NoiseSchedule, taus) -> tuple:
-    """Per-step (c_x, c_d, w) for x_s = c_x x_t + c_d ((1 + w) x0_hat - w x0_prev), as float64
-    NumPy arrays of the length of ``taus`` (decreasing 0-based timesteps; the last step goes to x_0)."""
-    taus = np.asarray(taus)
-    ab = np.append(schedule.alphas_cumprod.astype(np.float64), 1.0)
-    t, s = taus, np.append(taus[1:], -1)
-    alpha_t, sigma_t = np.sqrt(ab[t]), np.sqrt(1 - ab[t])
-    alpha_s, sigma_s = np.sqrt(ab[s]), np.sqrt(1 - ab[s])
-    c_x = sigma_s / sigma_t
-    c_d = alpha_s - alpha_t * sigma_s / sigma_t            # alpha_s (1 - e^{-h}), e^{-h} = alpha_t sigma_s / (sigma_t alpha_s)
-    with np.errstate(divide="ignore"):
-        lam = lambda a, b: np.log(a) - np.log(b)
-        h = lam(alpha_s, sigma_s) - lam(alpha_t, sigma_t)   # inf on the last step (sigma_s = 0)
-    w = np.zeros(len(taus))
-    inner = np.arange(1, len(taus) - 1)                    # not the first step, not the last
-    w[inner] = h[inner] / (2 * h[inner - 1])               # 1 / (2 r), r = h_prev / h
-    return c_x, c_d, w
-
-
-def make_dpmpp2m_loop(eps_fn, schedule: NoiseSchedule, clip_x0=None, rank=None):
-    """A compiled ``run(x, taus, c_x, c_d, w)``: DPM-Solver++(2M) along ``taus`` (one trace for
-    every step count; the coefficients come from ``dpmpp2m_coefficients``)."""
-    key = ("dpmpp2m", eps_fn, id(schedule), clip_x0, rank)
-    abar = tf.constant(schedule.alphas_cumprod, tf.float32)
-
-    @tf.function(reduce_retracing=True)
-    def run(x, taus, c_x, c_d, w):
-        batch, k = tf.shape(x)[0], tf.shape(taus)[0]
-
-        def body(i, x, x0_prev):
-            t = tf.fill([batch], taus[i])
-            eps = tf.cast(eps_fn(x, t), x.dtype)
-            a_t = tf.cast(tf.gather(abar, taus[i]), x.dtype)
-            x0_hat = (x - tf.sqrt(1.0 - a_t) * eps) / tf.sqrt(a_t)
-            if clip_x0 is not None:
-                x0_hat = tf.clip_by_value(x0_hat, -clip_x0, clip_x0)
-            wi = tf.cast(w[i], x.dtype)
-            d = (1.0 + wi) * x0_hat - wi * x0_prev
-            x_next = tf.cast(c_x[i], x.dtype) * x + tf.cast(c_d[i], x.dtype) * d
-            return i + 1, x_next, x0_hat
-
-        _, x, _ = tf.while_loop(lambda i, *_: i < k, body, (0, x, tf.zeros_like(x)),
-                                maximum_iterations=schedule.T)
-        return x
-
-    return _cached_loop(key, schedule, run)
-
-
-def dpmpp2m_sample(eps_fn, shape, schedule: NoiseSchedule, num_steps=20, seed=0, clip_x0=None,
-                   x_T=None, dtype=tf.float32):
-    """DPM-Solver++(2M) with ``num_steps`` network evaluations; deterministic given x_T, which is
-    drawn from ``seed`` exactly as ``ddpm_sample`` and ``ddim_sample`` draw it. Returns NumPy (B, ...)."""
-    taus = timestep_sequence(schedule.T, num_steps)
-    c_x, c_d, w = (tf.constant(c, tf.float32) for c in dpmpp2m_coefficients(schedule, taus))
-    if x_T is None:
-        x_T = initial_noise(shape, int(seed), schedule.T, dtype)
-    x_T = tf.cast(x_T, dtype)
-    run = make_dpmpp2m_loop(eps_fn, schedule, clip_x0=clip_x0, rank=len(x_T.shape))
-    vec = tf.TensorSpec([None], tf.float32)
-    with _quiet_tf_warnings():
-        run.get_concrete_function(tf.TensorSpec([None] + x_T.shape[1:], dtype),
-                                  tf.TensorSpec([None], tf.int32), vec, vec, vec)
-        return run(x_T, tf.constant(taus, tf.int32), c_x, c_d, w).numpy()
-
-
 # ============================================================================ one entry point
 
-SAMPLERS = ("ddpm", "ddim", "dpm++2m")
+def network_evaluations(sampler: str, steps: int, T: int = 1000) -> int:
+    """How many times a sampler calls the network: T for "ddpm", 2 steps - 1 for "heun", else steps."""
+    return T if sampler == "ddpm" else 2 * steps - 1 if sampler == "heun" else steps
 
 
 def sample(eps_fn, shape, schedule: NoiseSchedule, sampler="ddim", steps=50, eta=1.0, seed=0,
-           clip_x0=None):
-    """x_0 (NumPy, ``shape``) from any sampler of this module, from the same x_T for the same seed.
+           clip_x0=None, spacing="uniform", sigma_max=None, churn=0.0):
+    """x_0 (NumPy, ``shape``) from any sampler of this module, from the same z for the same seed.
 
-    "ddpm": Algorithm 2, all T steps (``steps`` is ignored); "ddim": ``steps`` DDIM steps with
-    noise ``eta`` (eta = 1: ancestral sampling on the respaced schedule, Nichol & Dhariwal);
-    "dpm++2m": DPM-Solver++(2M), ``steps`` network evaluations, deterministic.
+    "ddpm": Algorithm 2, all T steps (``steps``, spacing, sigma_max ignored); "ddim": ``steps`` DDIM
+    steps with noise ``eta`` (eta = 1: ancestral sampling on the respaced schedule); "dpm++2m":
+    DPM-Solver++(2M), deterministic; "heun": EDM's Heun sampler on ``steps`` noise levels with
+    ``churn`` (2 steps - 1 evaluations; sigma_max None here means EDM's 80).
     """
     if sampler == "ddpm":
         return ddpm_sample(eps_fn, shape, schedule, seed=seed, clip_x0=clip_x0)
     if sampler == "ddim":
-        return ddim_sample(eps_fn, shape, schedule, num_steps=steps, eta=eta, seed=seed, clip_x0=clip_x0)
+        return ddim_sample(eps_fn, shape, schedule, num_steps=steps, eta=eta, seed=seed, clip_x0=clip_x0,
+                           spacing=spacing, sigma_max=sigma_max)
     if sampler == "dpm++2m":
-        return dpmpp2m_sample(eps_fn, shape, schedule, num_steps=steps, seed=seed, clip_x0=clip_x0)
+        return dpmpp2m_sample(eps_fn, shape, schedule, num_steps=steps, seed=seed, clip_x0=clip_x0,
+                              spacing=spacing, sigma_max=sigma_max)
+    if sampler == "heun":
+        return heun_sample(eps_fn, shape, schedule, num_steps=steps, churn=churn, seed=seed, clip_x0=clip_x0,
+                           spacing=spacing, sigma_max=80.0 if sigma_max is None else sigma_max)
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
 
 
-_EPS_FNS: dict = {}
-
-
-def model_eps_fn(model):
-    """``eps_fn(x, t) = model([x, t], training=False)`` for a Keras U-Net; the same model gives
-    the same function object, so compiled sampling loops are reused, not re-traced."""
-    fn = _EPS_FNS.get(id(model))
-    if fn is None or fn[0] is not model:
-        fn = (model, lambda x, t: tf.cast(model([x, t], training=False), x.dtype))
-        _EPS_FNS[id(model)] = fn
-    return fn[1]
+def model_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str = "eps"):
+    """``eps_fn(x, t)`` for a Keras U-Net: its output for ``prediction="eps"``, or for a v-prediction
+    network (lesson 12) eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v (needs ``schedule``).
+    The function is kept on the model, so the same model gives the same function object and
+    compiled sampling loops are reused, not traced again; both go away with the model."""
+    if prediction not in ("eps", "v"):
+        raise ValueError(f"unknown prediction {prediction!r}; choose 'eps' or 'v'")
+    if prediction == "v" and schedule is None:
+        raise ValueError("a v-prediction model needs the schedule to turn v into eps")
+    key = (prediction, id(schedule) if prediction == "v" else None)
+    fns = model.__dict__.setdefault("_ddpm_eps_fns", {})
+    if key not in fns:
+        if prediction == "eps":
+            fn = lambda x, t: tf.cast(model([x, t], training=False), x.dtype)
+        else:
+            fn = lambda x, t: eps_from_v(x, t, tf.cast(model([x, t], training=False), x.dtype), schedule)
+        fns[key] = fn
+    return fns[key]
 
 
 def generate(model, schedule: NoiseSchedule, num_images: int, sampler="ddim", steps=50, eta=1.0,
-             seed=0, batch_size=64):
+             seed=0, batch_size=64, prediction="eps", spacing="uniform", sigma_max=None, churn=0.0):
     """Images in [-1, 1], (num_images, H, W, C), from a trained U-Net with x0_hat clipped to [-1, 1].
 
-    sampler: one of ``SAMPLERS`` (see ``sample``). Drawn in batches of ``batch_size``; batch i
-    uses seed ``seed + i``.
+    sampler and its options: see ``sample``. Drawn in batches of ``batch_size``; batch i uses seed
+    ``seed + i``. ``prediction``: what the network predicts ("eps" or "v").
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
-    eps_fn = model_eps_fn(model)
+    eps_fn = model_eps_fn(model, schedule, prediction)
     size, channels = model.input_shape[0][1], model.input_shape[0][3]
     out = []
     for i, start in enumerate(range(0, num_images, batch_size)):
         shape = (min(batch_size, num_images - start), size, size, channels)
         out.append(sample(eps_fn, shape, schedule, sampler=sampler, steps=steps, eta=eta, seed=seed + i,
-                          clip_x0=1.0))
+                          clip_x0=1.0, spacing=spacing, sigma_max=sigma_max, churn=churn))
     return np.concatenate(out)

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from ddpm_lessons.sampling import (SAMPLERS, ddim_invert, ddim_sample, ddim_step, ddpm_sample,
-                                   dpmpp2m_coefficients, dpmpp2m_sample, make_ddim_loop, model_eps_fn,
+                                   ddim_loop_step, dpmpp2m_coefficients, dpmpp2m_sample, make_loop, model_eps_fn,
                                    p_mean_variance, sample, timestep_sequence)
 from ddpm_lessons.schedule import NoiseSchedule
 from ddpm_lessons.toy import default_mixture, mixture_eps_fn, sliced_wasserstein
@@ -121,7 +121,7 @@ def test_image_sampling_shapes_range_and_one_trace():
         x = ddim_sample(eps_fn, (3, 8, 8, 3), COSINE, num_steps=steps, eta=eta, clip_x0=1.0)
         assert x.shape == (3, 8, 8, 3) and np.all(np.isfinite(x))
         assert x.min() >= -1 and x.max() <= 1, f"clip_x0=1 must keep samples in [-1, 1] ({steps} steps)"
-    run = make_ddim_loop(eps_fn, COSINE, eta=0.0, clip_x0=1.0, rank=4)
+    run = make_loop(eps_fn, COSINE, ddim_loop_step(0.0), ("ddim", 0.0), clip_x0=1.0, rank=4)   # the cached one
     assert run.experimental_get_tracing_count() == 1, "one trace must serve every step count"
     x, (taus, xs, x0s) = ddim_sample(eps_fn, (2, 8, 8, 3), COSINE, num_steps=10, clip_x0=1.0,
                                      return_trajectory=True)
@@ -202,7 +202,7 @@ def test_every_sampler_gives_finite_images_in_range_for_every_step_count():
     w.kernel.assign(tf.random.normal(w.kernel.shape, stddev=2.0, seed=2))   # a wild predictor
     eps_fn = model_eps_fn(model)
     for sampler in SAMPLERS:
-        for steps in ([1000] if sampler == "ddpm" else [1, 2, 3, 10, 50, 1000]):
+        for steps in {"ddpm": [1000], "heun": [1, 2, 3, 10, 50, 200]}.get(sampler, [1, 2, 3, 10, 50, 1000]):
             x = sample(eps_fn, (2, 8, 8, 3), COSINE, sampler=sampler, steps=steps, eta=1.0, seed=3, clip_x0=1.0)
             assert x.shape == (2, 8, 8, 3) and np.all(np.isfinite(x)), f"{sampler}-{steps}"
             assert x.min() >= -1 and x.max() <= 1, f"{sampler}-{steps}: range [{x.min():.3f}, {x.max():.3f}]"
@@ -218,3 +218,19 @@ def test_one_eps_fn_serves_points_and_images():
         for sampler in SAMPLERS:
             x = sample(eps_fn, shape, COSINE, sampler=sampler, steps=5, eta=1.0, seed=0)
             assert x.shape == shape and np.all(np.isfinite(x)), (sampler, shape)
+
+
+def test_sampling_keeps_no_model_alive():
+    """The compiled loops live on the model's eps_fn, not in a module-level cache: once the learner
+    drops a model, sampling has not kept it (and its weights) in memory."""
+    import gc
+    import weakref
+    from ddpm_lessons.sampling import generate
+    from ddpm_lessons.unet import build_unet
+    model = build_unet(dict(image_size=8, base_width=8, channel_mults=(1,), attention_resolutions=(), groups=4))
+    x = generate(model, COSINE, 2, sampler="ddim", steps=3, seed=0)
+    assert x.shape == (2, 8, 8, 3)
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None, "a sampled model stayed in memory after the last reference to it was dropped"

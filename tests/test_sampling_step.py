@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from ddpm_lessons.forward import q_posterior_mean_variance, q_sample
-from ddpm_lessons.sampling import ddpm_sample, ddpm_step, make_ddpm_loop, p_mean_variance
+from ddpm_lessons.sampling import ddpm_loop_step, ddpm_sample, ddpm_step, make_loop, p_mean_variance
 from ddpm_lessons.schedule import NoiseSchedule
 
 SHAPES = [(6, 2), (6, 4, 4, 3)]
@@ -108,6 +108,6 @@ def test_seed_trajectory_and_single_trace():
     assert traj.shape == (4, 8, 2) and np.array_equal(traj[-1], a), "trajectory must end at x_0"
     x_T = tf.random.stateless_normal((8, 2), seed=[3, 50]).numpy()
     assert np.array_equal(traj[0], x_T), "trajectory[T] must be the starting noise"
-    run = make_ddpm_loop(eps_fn, sch, rank=2)
+    run = make_loop(eps_fn, sch, ddpm_loop_step(), ("ddpm", "posterior"), rank=2)   # the cached one
     assert run.experimental_get_tracing_count() == 1, (
         "the compiled loop was traced more than once: t must be passed as a tensor")

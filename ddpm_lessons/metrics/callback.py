@@ -52,7 +52,8 @@ class ScoreCallback:
         step = int(trainer.step.numpy()) if step is None else step
         t0 = time.perf_counter()
         shape = (self.num_samples,) + tuple(self.reference.image_shape)
-        samples = self.sampler(model_eps_fn(trainer.ema_model), shape, trainer.schedule, self.seed)
+        eps_fn = model_eps_fn(trainer.ema_model, trainer.schedule, getattr(trainer.config, "prediction", "eps"))
+        samples = self.sampler(eps_fn, shape, trainer.schedule, self.seed)
         t1 = time.perf_counter()
         s = self.reference.score(samples)
         row = {"step": step, "seconds": float(getattr(trainer, "_elapsed", 0.0)),

@@ -115,7 +115,7 @@ def timestep_sequence(T: int, num_steps: int, t_start: int | None = None) -> np.
     t_start = T - 1 if t_start is None else int(t_start)
     if not 1 <= num_steps <= t_start + 1:
         raise ValueError(f"num_steps must be between 1 and {t_start + 1} (T={T}), got {num_steps}")
-    return np.unique(np.round(np.linspace(0, t_start, num_steps)).astype(np.int32))[::-1].copy()
+    return np.unique(np.round(np.linspace(t_start, 0, num_steps)).astype(np.int32))[::-1].copy()
 
 
 def karras_timesteps(schedule: NoiseSchedule, num_steps: int, sigma_max=None, rho: float = 7.0):

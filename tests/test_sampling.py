@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ddpm_lessons.sampling import (SAMPLERS, ddim_invert, ddim_sample, ddim_step, ddpm_sample,
+from ddpm_lessons.sampling import (END, SAMPLERS, heun_sample, heun_timesteps, karras_timesteps, run_loop,
+                                   sigmas, start_timestep, timestep_grid, clip, ddim_invert, ddim_sample, ddim_step, ddpm_sample,
                                    ddim_loop_step, dpmpp2m_coefficients, dpmpp2m_sample, make_loop, model_eps_fn,
                                    p_mean_variance, sample, timestep_sequence)
 from ddpm_lessons.schedule import NoiseSchedule
@@ -23,8 +24,41 @@ def gaussian_eps(schedule, s):
     return eps_fn
 
 
+# ------------------------------------------------------------------ broken variants
+# Each closed-form test below also runs one of these and asserts that it *fails*, so every run
+# shows that the test can tell a right sampler from a wrong one.
+
+def forgets_its_noise(x, i, grid, ctx):
+    """DDIM eta = 1 without its fresh noise: sqrt(1 - abar_s - sigma^2) eps and no sigma z."""
+    t, s = grid[i], grid[i + 1]
+    eps, x0_hat = ctx.denoise(x, t)
+    a_t, a_s = ctx.gather(t), ctx.gather(s)
+    sigma = tf.sqrt((1.0 - a_s) / (1.0 - a_t)) * tf.sqrt(1.0 - a_t / a_s)
+    return tf.sqrt(a_s) * x0_hat + tf.sqrt(tf.maximum(1.0 - a_s - sigma ** 2, 0.0)) * eps, x0_hat, ctx.carry
+
+
+def euler_instead_of_heun(x, i, grid, ctx):
+    """Heun's step without its second evaluation (Euler in sigma): first order, not second."""
+    t, s = grid[i], grid[i + 1]
+    a_t, a_s = ctx.gather(t), ctx.gather(s)
+    _, d0 = ctx.denoise(x, t)
+    sig_t, sig_s = tf.sqrt((1 - a_t) / a_t), tf.sqrt((1 - a_s) / a_s)
+    x_ve = x / tf.sqrt(a_t)
+    return (x_ve + (sig_s - sig_t) * (x_ve - d0) / sig_t) * tf.sqrt(a_s), d0, ctx.carry
+
+
+def _run_step(step, eps_fn, shape, schedule, grid, seed=0, x_T=None):
+    from ddpm_lessons.sampling import initial_noise, make_loop
+    run = make_loop(eps_fn, schedule, step, ("test", step.__name__), rank=len(shape))
+    if x_T is None:
+        x_T = np.sqrt(1 - schedule.alphas_cumprod[grid[0]]) * initial_noise(shape, seed, schedule.T)
+    return run_loop(run, x_T, grid, np.zeros((0, len(grid) - 1), np.float32), seed).numpy()
+
+
 def test_timestep_sequence():
     assert timestep_sequence(1000, 1000).tolist() == list(range(999, -1, -1))
+    assert timestep_sequence(1000, 1).tolist() == [999], "one step starts from noise, not at t = 0"
+    assert timestep_sequence(1000, 2).tolist() == [999, 0]
     seq = timestep_sequence(1000, 50)
     assert len(seq) == 50 and seq[0] == 999 and seq[-1] == 0 and np.all(np.diff(seq) < 0)
     with pytest.raises(ValueError, match="num_steps"):
@@ -190,8 +224,9 @@ def test_all_T_steps_reach_the_mixture_like_ddpm(sampler, eta):
     x = sample(eps_fn, (3000, 2), COSINE, sampler=sampler, steps=1000, eta=eta, seed=1)
     d = sliced_wasserstein(x, target)
     assert ddpm < 2 * floor and d < 2 * floor + 0.02, f"{sampler}: {d:.4f}, DDPM {ddpm:.4f}, floor {floor:.4f}"
-    # a broken sampler is caught: the same check on a 1-step DDIM fails
-    assert sliced_wasserstein(sample(eps_fn, (3000, 2), COSINE, "ddim", steps=1, eta=0.0), target) > 3 * floor
+    # the check has power: a sampler that forgets the fresh noise of its eta = 1 steps fails it
+    broken = _run_step(forgets_its_noise, eps_fn, (3000, 2), COSINE, timestep_grid(COSINE, 1000), seed=1)
+    assert sliced_wasserstein(broken, target) > 3 * floor
 
 
 def test_every_sampler_gives_finite_images_in_range_for_every_step_count():
@@ -234,3 +269,91 @@ def test_sampling_keeps_no_model_alive():
     del model
     gc.collect()
     assert gone() is None, "a sampled model stayed in memory after the last reference to it was dropped"
+
+
+# ------------------------------------------------------------------ EDM: grids and the Heun sampler
+
+def test_sigma_max_start_and_karras_grid_are_trained_timesteps():
+    sig = sigmas(COSINE)
+    assert np.all(np.diff(sig) > 0) and sig[-1] > 1e4, "cosine: sigma at T-1 is ~2e4 (abar 2.4e-9)"
+    t0 = start_timestep(COSINE, 80.0)
+    assert sig[t0] <= 80.0 < sig[t0 + 1]
+    for n in (5, 10, 18, 40):
+        taus = karras_timesteps(COSINE, n)
+        assert taus[0] == COSINE.T - 1 and taus[-1] == 0 and np.all(np.diff(taus) < 0)
+        grid = timestep_grid(COSINE, n, "karras", 80.0)
+        assert grid[0] == t0 and grid[-1] == END and grid[-2] == 0
+        # each timestep is the trained one nearest (in log sigma) to Karras et al.'s eq. 5 value
+        hi, lo = sig[t0] ** (1 / 7), sig[0] ** (1 / 7)
+        wanted = (hi + np.linspace(0, 1, n) * (lo - hi)) ** 7
+        nearest = np.abs(np.log(sig)[None] - np.log(wanted)[:, None]).argmin(1)
+        assert set(grid[:-1]) == set(nearest)
+    # rho = 7 puts most steps at low noise: half of a 10-step grid lies below sigma = 1
+    assert np.mean(sig[timestep_grid(COSINE, 10, "karras", 80.0)[:-1]] < 1) >= 0.4
+    with pytest.raises(ValueError, match="spacing"):
+        timestep_grid(COSINE, 10, "log")
+
+
+def test_churned_timesteps_raise_sigma_by_one_plus_gamma():
+    sig = sigmas(COSINE)
+    grid = timestep_grid(COSINE, 20, "karras", 80.0)
+    assert np.array_equal(heun_timesteps(COSINE, grid, churn=0.0), grid[:-1])
+    t_hat = heun_timesteps(COSINE, grid, churn=4.0)            # gamma = min(4/20, sqrt 2 - 1) = 0.2
+    assert np.all(t_hat >= grid[:-1])
+    # sigma_hat = 1.2 sigma up to rounding to the nearest trained timestep (half a gap in log sigma)
+    log_sig = np.log(sig)
+    gap = np.maximum(log_sig[np.minimum(t_hat + 1, COSINE.T - 1)] - log_sig[t_hat],
+                     log_sig[t_hat] - log_sig[np.maximum(t_hat - 1, 0)])
+    off = np.abs(log_sig[t_hat] - log_sig[grid[:-1]] - np.log(1.2))
+    inner = t_hat < COSINE.T - 1                               # not capped at the top of the schedule
+    assert np.all(off[inner] <= gap[inner] / 2 + 1e-9), (off, gap)
+
+
+def test_dynamic_thresholding_keeps_images_in_range_and_leaves_in_range_ones_alone():
+    x = tf.constant(np.random.default_rng(0).uniform(-0.9, 0.9, (3, 4, 4, 3)), tf.float32)
+    np.testing.assert_array_equal(clip(x, "dynamic"), x)
+    y = clip(3.0 * x + tf.constant([[[[5.0]]]]) * tf.one_hot([0, 1, 2], 3)[:, None, None, :], "dynamic")
+    assert np.abs(y.numpy()).max() <= 1.0 + 1e-6
+    # an image whose 99.5th percentile is s is divided by s: its bulk keeps its shape, not a sign pattern
+    big = 4.0 * x
+    np.testing.assert_allclose(clip(big, "dynamic").numpy().ravel() / big.numpy().ravel(),
+                               1 / np.quantile(np.abs(big.numpy()).reshape(3, -1), 0.995, axis=1,
+                                               method="nearest").repeat(48), rtol=2e-2)
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "karras"])
+def test_heun_solves_the_gaussian_ode_at_second_order(spacing):
+    """For N(0, s^2) pixels the probability-flow ODE from sigma_max gives
+    x_0 = s x / sqrt(abar s^2 + 1 - abar) exactly. Doubling Heun's steps quarters its error (order 2);
+    the broken variant (its Euler half alone) only halves it (order 1) and fails the same check."""
+    s, schedule = 0.5, COSINE
+    eps_fn = gaussian_eps(schedule, s)
+    x_T = np.random.default_rng(0).standard_normal((256, 4)).astype(np.float32)
+    err = {}
+    for n in (20, 40):
+        grid = timestep_grid(schedule, n, spacing, 80.0)
+        ab = schedule.alphas_cumprod[grid[0]]
+        exact = s * x_T / np.sqrt(ab * s * s + 1 - ab)
+        rms = lambda x: float(np.sqrt(np.mean((x - exact) ** 2)))
+        err[n] = (rms(heun_sample(eps_fn, x_T.shape, schedule, num_steps=n, x_T=x_T, spacing=spacing)),
+                  rms(_run_step(euler_instead_of_heun, eps_fn, x_T.shape, schedule, grid, x_T=x_T)))
+    # the order p from error ~ steps^-p (the grids are rounded to integer timesteps, so p is not exact)
+    heun_order, euler_order = np.log2(err[20][0] / err[40][0]), np.log2(err[20][1] / err[40][1])
+    assert 1.6 < heun_order < 2.6, f"Heun errors at 20/40 levels: {err}"
+    assert not 1.6 < euler_order < 2.6, f"the broken variant passed the order check: {err}"
+    assert err[40][0] < err[40][1] / 5
+
+
+def test_heun_with_churn_reaches_the_mixture_in_few_evaluations():
+    """Lesson 03's mixture with its exact score: EDM's stochastic sampler with 25 noise levels
+    (49 evaluations) is as close to the mixture as DDPM with 1000; the variant that forgets its
+    noise, on the same 1000 steps, is not."""
+    mixture = default_mixture()
+    eps_fn = mixture_eps_fn(mixture, COSINE)
+    target = mixture.sample(3000, seed=7)
+    floor = sliced_wasserstein(mixture.sample(3000, seed=5), mixture.sample(3000, seed=6))
+    x = heun_sample(eps_fn, (3000, 2), COSINE, num_steps=25, churn=10.0, seed=1)
+    d = sliced_wasserstein(x, target)
+    assert d < 2 * floor + 0.02, f"Heun-25 with churn: {d:.4f}, floor {floor:.4f}"
+    x = heun_sample(eps_fn, (3000, 2), COSINE, num_steps=25, churn=0.0, seed=1)
+    assert sliced_wasserstein(x, target) < 2 * floor + 0.02

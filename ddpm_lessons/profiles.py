@@ -50,9 +50,12 @@ class Profile:
     loss_weighting: str = "none"   # "none" (L_simple) or "min-snr" (Hang et al. 2023)
     snr_gamma: float = 5.0     # gamma of min-SNR weighting: w = min(SNR, gamma) / SNR (eps), / (SNR + 1) (v)
     # sampling
-    sampler: str = "ddim"      # "ddim" (any steps, eta below), "dpm++2m" or "ddpm" (all T steps)
-    sample_steps: int = 50     # steps of the fast sampler used for previews
+    sampler: str = "ddim"      # "ddim" (any steps, eta below), "dpm++2m", "heun" (EDM) or "ddpm" (all T steps)
+    sample_steps: int = 50     # steps of the sampler used for previews and final grids (heun: noise levels)
     sample_eta: float = 1.0    # DDIM noise: 1 = ancestral on a respaced schedule, 0 = deterministic
+    sample_spacing: str = "uniform"   # timesteps "uniform" in t, or "karras" (rho = 7 in sigma)
+    sample_sigma_max: float | None = None  # start at the last timestep with sigma <= this (None: t = T-1)
+    sample_churn: float = 0.0  # heun only: EDM's S_churn (0 = deterministic)
     num_samples: int = 64      # the final grid (and its single PNG files)
     verdict_samples: int = 256 # samples scored by the verdict at the end of a run (lesson 11)
     # lesson 03 (2-D toy)
@@ -86,7 +89,12 @@ class Profile:
         need(self.loss_weighting in ("none", "min-snr"), "loss_weighting", "must be 'none' or 'min-snr'")
         need(isinstance(self.snr_gamma, numbers.Real) and self.snr_gamma > 0, "snr_gamma",
              "must be a positive number, e.g. 5.0")
-        need(self.sampler in ("ddim", "ddpm", "dpm++2m"), "sampler", "must be 'ddim', 'dpm++2m' or 'ddpm'")
+        need(self.sampler in ("ddim", "ddpm", "dpm++2m", "heun"), "sampler",
+             "must be 'ddim', 'dpm++2m', 'heun' or 'ddpm'")
+        need(self.sample_spacing in ("uniform", "karras"), "sample_spacing", "must be 'uniform' or 'karras'")
+        need(self.sample_sigma_max is None or self.sample_sigma_max > 1, "sample_sigma_max",
+             "must be None (start at t = T-1) or a noise level above 1, e.g. 80")
+        need(self.sample_churn >= 0, "sample_churn", "must be 0 or more")
         need(self.sample_steps <= self.timesteps, "sample_steps", f"must not exceed T = {self.timesteps}")
         need(0 <= self.sample_eta <= 1, "sample_eta", "must lie in [0, 1]")
 
@@ -115,6 +123,39 @@ PROFILES = {
         preview_every=5000, lesson_train_steps=2000, sample_steps=50, num_samples=64, verdict_samples=512,
         toy_train_steps=5000),
 }
+
+
+# ---------------------------------------------------------------- the sampler of a profile
+
+def network_evaluations(sampler: str, steps: int, T: int = 1000) -> int:
+    """How many times a sampler calls the network: T for "ddpm", 2 steps - 1 for "heun", else steps."""
+    return T if sampler == "ddpm" else 2 * steps - 1 if sampler == "heun" else steps
+
+
+def sampler_options(settings) -> dict:
+    """The sampling keywords of a ``Profile`` (or a run's settings) for ``generate``: sampler, steps,
+    eta, spacing, sigma_max, churn and the network's prediction."""
+    return {"sampler": settings.sampler, "steps": settings.sample_steps, "eta": settings.sample_eta,
+            "spacing": getattr(settings, "sample_spacing", "uniform"),
+            "sigma_max": getattr(settings, "sample_sigma_max", None),
+            "churn": getattr(settings, "sample_churn", 0.0),
+            "prediction": getattr(settings, "prediction", "eps")}
+
+
+def describe_sampler(settings) -> str:
+    """e.g. "heun-10 (19 network evaluations, karras spacing, from sigma 80)"."""
+    o = sampler_options(settings)
+    name = f"{o['sampler']}-{o['steps'] if o['sampler'] != 'ddpm' else settings.timesteps}"
+    bits = [f"{network_evaluations(o['sampler'], o['steps'], settings.timesteps)} network evaluations"]
+    if o["sampler"] == "ddim":
+        bits.append(f"eta {o['eta']:g}")
+    if o["sampler"] == "heun" and o["churn"]:
+        bits.append(f"churn {o['churn']:g}")
+    if o["sampler"] != "ddpm":
+        bits.append(f"{o['spacing']} spacing")
+        if o["sigma_max"] is not None or o["sampler"] == "heun":
+            bits.append(f"from sigma {80.0 if o['sigma_max'] is None else o['sigma_max']:g}")
+    return f"{name} ({', '.join(bits)})"
 
 
 def gpu_available() -> bool:

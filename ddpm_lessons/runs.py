@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .profiles import Profile, get_profile
+from .profiles import Profile, describe_sampler, get_profile, network_evaluations, sampler_options
 
 # The default number of steps is the profile's train_steps, but never more than MAX_PASSES passes
 # over the data: a small folder is otherwise seen hundreds of times and the network learns to
@@ -118,13 +118,13 @@ def estimate_seconds(settings: Profile, start_step: int, step_seconds: float,
     """Seconds still to go, by part: training steps, previews and final samples, the verdict.
 
     training = (train_steps - start_step) x step_seconds
-    sampling = (previews x preview_samples + max(final_samples, verdict_samples)) x sampler steps
+    sampling = (previews x preview_samples + max(final_samples, verdict_samples)) x network evaluations
                x eval_seconds_per_image          (without the verdict: final_samples only)
     scoring  = VERDICT_SECONDS (0 without the verdict)
     """
     steps_left = max(0, settings.train_steps - start_step)
     previews = settings.train_steps // settings.preview_every - start_step // settings.preview_every
-    evals = settings.sample_steps if settings.sampler != "ddpm" else settings.timesteps
+    evals = network_evaluations(settings.sampler, settings.sample_steps, settings.timesteps)
     final = max(final_samples, settings.verdict_samples) if with_verdict else final_samples
     scoring = VERDICT_SECONDS if with_verdict else 0.0
     sampling = (previews * preview_samples + final) * evals * eval_seconds_per_image
@@ -285,7 +285,7 @@ def describe_run(run) -> str:
              f"  images      {n} (after de-duplication) at {s.image_size}x{s.image_size}",
              f"  training    {s.train_steps} steps of {s.batch_size} images = "
              f"{s.train_steps * s.batch_size / n:.0f} passes over the data",
-             f"  previews    every {s.preview_every} steps ({s.sampler}-{s.sample_steps}); checkpoints every "
+             f"  previews    every {s.preview_every} steps with {describe_sampler(s)}; checkpoints every "
              f"{s.checkpoint_every} steps"]
     lines += [f"  note: {note}" for note in saved.get("notes", [])]
     return "\n".join(lines)
@@ -358,10 +358,9 @@ def generate_pngs(run, num_images: int = 100, seed: int = 0, out=None, progress:
     s = saved["profile"]
     step = int(ckpt.rsplit("-", 1)[-1])
     if progress:
-        print(f"drawing {num_images} images from {Path(run).name} ({ckpt}, {s.sampler}-{s.sample_steps}) ...",
+        print(f"drawing {num_images} images from {Path(run).name} ({ckpt}, {describe_sampler(s)}) ...",
               flush=True)
-    images = generate(ema, schedule, num_images, s.sampler, s.sample_steps, s.sample_eta, seed=seed,
-                      prediction=s.prediction)
+    images = generate(ema, schedule, num_images, seed=seed, **sampler_options(s))
     out = Path(out) if out else Path(run) / "generated"
     return save_pngs(images, out, prefix=f"seed{seed}_step{step}", grayscale=saved.get("grayscale", False))
 

@@ -32,6 +32,7 @@ import contextlib
 import numpy as np
 import tensorflow as tf
 
+from .profiles import network_evaluations  # noqa: F401  (re-exported: samplers' cost)
 from .forward import eps_from_v, extract, predict_x0_from_eps, q_posterior_mean_variance
 from .schedule import NoiseSchedule
 
@@ -511,11 +512,6 @@ def ddim_invert(eps_fn, x0, schedule: NoiseSchedule, num_steps=50, spacing="unif
 
 # ============================================================================ one entry point
 
-def network_evaluations(sampler: str, steps: int, T: int = 1000) -> int:
-    """How many times a sampler calls the network: T for "ddpm", 2 steps - 1 for "heun", else steps."""
-    return T if sampler == "ddpm" else 2 * steps - 1 if sampler == "heun" else steps
-
-
 def sample(eps_fn, shape, schedule: NoiseSchedule, sampler="ddim", steps=50, eta=1.0, seed=0,
            clip_x0=None, spacing="uniform", sigma_max=None, churn=0.0):
     """x_0 (NumPy, ``shape``) from any sampler of this module, from the same z for the same seed.
@@ -560,8 +556,9 @@ def model_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str =
 
 
 def generate(model, schedule: NoiseSchedule, num_images: int, sampler="ddim", steps=50, eta=1.0,
-             seed=0, batch_size=64, prediction="eps", spacing="uniform", sigma_max=None, churn=0.0):
-    """Images in [-1, 1], (num_images, H, W, C), from a trained U-Net with x0_hat clipped to [-1, 1].
+             seed=0, batch_size=64, prediction="eps", spacing="uniform", sigma_max=None, churn=0.0,
+             clip_x0=1.0):
+    """Images (num_images, H, W, C) from a trained U-Net, x0_hat clipped to [-1, 1] (``clip_x0``).
 
     sampler and its options: see ``sample``. Drawn in batches of ``batch_size``; batch i uses seed
     ``seed + i``. ``prediction``: what the network predicts ("eps" or "v").
@@ -574,5 +571,5 @@ def generate(model, schedule: NoiseSchedule, num_images: int, sampler="ddim", st
     for i, start in enumerate(range(0, num_images, batch_size)):
         shape = (min(batch_size, num_images - start), size, size, channels)
         out.append(sample(eps_fn, shape, schedule, sampler=sampler, steps=steps, eta=eta, seed=seed + i,
-                          clip_x0=1.0, spacing=spacing, sigma_max=sigma_max, churn=churn))
+                          clip_x0=clip_x0, spacing=spacing, sigma_max=sigma_max, churn=churn))
     return np.concatenate(out)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_lessons.data import default_dataset_path, from_unit_range, make_dataset, read_image_folder
-from ddpm_lessons.profiles import get_profile
+from ddpm_lessons.profiles import get_profile, sampler_options
 from ddpm_lessons.runs import load_ema_model
 from ddpm_lessons.sampling import generate
 from ddpm_lessons.schedule import NoiseSchedule
@@ -35,8 +35,8 @@ NUM, SEED, EARLY_STEPS = 512, 5000, 300
 
 
 def draw(model, schedule, settings):
-    return from_unit_range(generate(model, schedule, NUM, settings.sampler, settings.sample_steps,
-                                    settings.sample_eta, seed=SEED))
+    return from_unit_range(generate(model, schedule, NUM, seed=SEED,
+                                             **sampler_options(settings)))
 
 
 def main():

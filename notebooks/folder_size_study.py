@@ -33,7 +33,7 @@ import numpy as np
 from ddpm_lessons import plotting
 from ddpm_lessons.data import make_dataset, read_image_folder
 from ddpm_lessons.metrics import MemorisationCheck, swd
-from ddpm_lessons.profiles import get_profile
+from ddpm_lessons.profiles import get_profile, sampler_options
 from ddpm_lessons.sampling import generate
 from ddpm_lessons.schedule import NoiseSchedule
 from ddpm_lessons.training import Trainer, TrainConfig
@@ -121,8 +121,7 @@ def main():
         for stop in [e for e in args.evals if e <= args.steps]:
             trainer.fit(ds, stop, progress=False)
             train_min = trainer.history["seconds"][-1] / 60
-            samples = generate(trainer.ema_model, schedule, 64, settings.sampler, settings.sample_steps,
-                               settings.sample_eta, seed=0)
+            samples = generate(trainer.ema_model, schedule, 64, seed=0, **sampler_options(settings))
             c = check.check(samples)
             row = {"step": stop, "passes": round(stop * settings.batch_size / n, 1),
                    "train_minutes": round(train_min, 2), "swd": swd(samples, everything)["swd"],

@@ -53,8 +53,11 @@ def test_profiles_are_frozen_and_consistent():
     (dict(batch_size=0), "batch_size = 0 must be a positive whole number"),
     (dict(ema_decay=1.0), "ema_decay = 1.0 must lie in [0, 1)"),
     (dict(groups=7), "groups = 7 must divide every level's width"),
+    (dict(sample_spacing="log"), "sample_spacing = 'log' must be 'uniform' or 'karras'"),
+    (dict(sample_sigma_max=0.5), "sample_sigma_max = 0.5 must be None"),
+    (dict(sample_churn=-1.0), "sample_churn = -1.0 must be 0 or more"),
     (dict(sample_steps=5000), "must not exceed T = 1000"),
-    (dict(sampler="euler"), "sampler = 'euler' must be 'ddim', 'dpm++2m' or 'ddpm'"),
+    (dict(sampler="euler"), "sampler = 'euler' must be 'ddim', 'dpm++2m', 'heun' or 'ddpm'"),
 ])
 def test_bad_settings_name_the_knob_and_the_fix(change, words):
     with pytest.raises(ValueError) as err:

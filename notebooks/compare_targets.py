@@ -1,0 +1,132 @@
+"""What should the network predict? eps vs v, with and without min-SNR weighting, at equal compute (lesson 12).
+
+    .venv/bin/python notebooks/compare_targets.py train            # 4 runs of the cpu recipe (~40 min)
+    .venv/bin/python notebooks/compare_targets.py score            # the protocol on their EMA weights
+
+Four runs of the `cpu` profile on the shipped data, identical but for the target: the same seed, data
+order, steps, batch and learning rate (so the same compute): eps / none (the course's target today),
+v / none, eps / min-SNR (gamma 5), v / min-SNR (gamma 5). Each keeps its EMA weights at 1/3, 2/3 and
+all of its steps (runs/targets/<name>/, not committed).
+
+The decision rule, fixed before the runs: each variant is scored by the course's protocol (n = 512
+samples from fresh seeds, one ScoreReference, calibrated detail KID with paired standard errors, SWD)
+with the course's few-step sampler (lesson 08) at the end of training; a variant replaces eps / none
+only if its KID is lower by more than 2 paired standard errors; otherwise the course keeps eps.
+Writes notebooks/targets/results.json and one 32-sample grid per run and checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import ddpm_lessons  # noqa: F401  (quiets TensorFlow's start-up logs)
+import keras
+import numpy as np
+
+from ddpm_lessons import plotting
+from ddpm_lessons.data import default_dataset_path, make_dataset, read_image_folder
+from ddpm_lessons.metrics import PROTOCOL_SAMPLES, ScoreReference, detail_feature_fn, paired_difference
+from ddpm_lessons.profiles import get_profile
+from ddpm_lessons.sampling import generate, network_evaluations
+from ddpm_lessons.schedule import NoiseSchedule
+from ddpm_lessons.training import TrainConfig, Trainer
+from ddpm_lessons.unet import build_unet
+
+HERE = Path(__file__).resolve().parent
+RUNS = HERE.parent / "runs" / "targets"
+VARIANTS = {"eps": ("eps", "none"), "v": ("v", "none"), "eps-minsnr": ("eps", "min-snr"),
+            "v-minsnr": ("v", "min-snr")}
+BASE = "eps"
+SEED = 2000                        # fresh sampling seeds (not the previews', not lesson 08's study)
+# the samplers each run's final weights are scored with: (sampler, steps, options)
+SAMPLERS = {"heun-10": dict(sampler="heun", steps=10, spacing="karras", sigma_max=80.0, churn=0.0)}
+
+
+def profile_for(name):
+    prediction, weighting = VARIANTS[name]
+    return get_profile("cpu").replace(prediction=prediction, loss_weighting=weighting, snr_gamma=5.0)
+
+
+def train(name, images):
+    profile = profile_for(name)
+    keras.utils.set_random_seed(0)
+    schedule = NoiseSchedule.from_kind(profile.schedule, profile.timesteps)
+    model = build_unet(profile)
+    steps = profile.train_steps
+    keep = [steps // 3, 2 * steps // 3, steps]
+    run_dir = RUNS / name
+    trainer = Trainer(model, schedule, TrainConfig.from_profile(profile, checkpoint_every=steps // 3),
+                      checkpoint_dir=run_dir / "checkpoints")
+    start = trainer.restore()
+
+    def save_ema(trainer_, logs):
+        if int(logs["step"]) in keep:
+            trainer_.ema_model.save_weights(run_dir / f"ema_{int(logs['step'])}.weights.h5")
+
+    print(f"\n== {name}: {profile.prediction} / {profile.loss_weighting}, {steps} steps from {start}", flush=True)
+    t0 = time.perf_counter()
+    trainer.fit(make_dataset(images, profile.batch_size, seed=0), steps, callbacks=[save_ema], progress=True)
+    (run_dir / "train.json").write_text(json.dumps({
+        "steps": steps, "seconds": round(time.perf_counter() - t0, 1), "keep": keep,
+        "final_loss": float(np.mean(trainer.history["loss"][-50:])),
+        "loss_by_timestep": [None if not np.isfinite(v) else float(v) for v in trainer.loss_by_timestep()[1]]},
+        indent=1))
+
+
+def score(images, out):
+    reference = ScoreReference(images, feature_fn=detail_feature_fn)
+    results = {"num_samples": PROTOCOL_SAMPLES, "seed": SEED, "runs": {}}
+    scores = {}
+    for name in VARIANTS:
+        profile = profile_for(name)
+        schedule = NoiseSchedule.from_kind(profile.schedule, profile.timesteps)
+        info = json.loads((RUNS / name / "train.json").read_text())
+        model = build_unet(profile)
+        row = {"prediction": profile.prediction, "loss_weighting": profile.loss_weighting,
+               "snr_gamma": profile.snr_gamma, "train": info, "scores": {}}
+        for step in info["keep"]:
+            model.load_weights(RUNS / name / f"ema_{step}.weights.h5")
+            for label, kw in SAMPLERS.items():
+                x = generate(model, schedule, PROTOCOL_SAMPLES, seed=SEED, batch_size=128,
+                             prediction=profile.prediction, **kw)
+                s = reference.score(x, with_subsets=True)
+                scores[(name, step, label)] = s
+                entry = {"kid": s["kid"], "kid_se": s["kid_se"], "swd": s["swd"],
+                         "nfe": network_evaluations(kw["sampler"], kw["steps"])}
+                if name != BASE:
+                    d = paired_difference(scores[(BASE, step, label)], s)
+                    entry.update(vs_eps=d["diff"], vs_eps_se=d["se"], wins=d["b_wins"], loses=d["a_wins"])
+                row["scores"][f"{label} @ {step}"] = entry
+                print(f"{name:11s} step {step:5d} {label:8s} KID x1e3 {1e3 * s['kid']:6.2f} +- "
+                      f"{1e3 * s['kid_se']:4.2f}  SWD {s['swd']:5.1f}"
+                      + (f"  vs eps {1e3 * entry['vs_eps']:+6.2f} +- {1e3 * entry['vs_eps_se']:4.2f}"
+                         if "vs_eps" in entry else ""), flush=True)
+            plotting.save_grid(out / f"{name}_{step}.png", x[:32], 8)
+        results["runs"][name] = row
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    m = min(PROTOCOL_SAMPLES, len(reference.a))
+    f = reference.score(reference.a[:m])
+    results["floor"] = {"kid": f["kid"], "kid_se": f["kid_se"], "swd": f["swd"], "n": m}
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("what", choices=["train", "score"])
+    p.add_argument("--only", nargs="*", default=None)
+    args = p.parse_args(argv)
+    out = HERE / "targets"
+    out.mkdir(parents=True, exist_ok=True)
+    images, _ = read_image_folder(default_dataset_path(), get_profile("cpu").image_size)
+    if args.what == "train":
+        for name in args.only or VARIANTS:
+            train(name, images)
+    else:
+        score(images, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -357,7 +357,7 @@ def make_loop(eps_fn, schedule: NoiseSchedule, step, key, clip_x0=None, keep_tra
     if loops is not None and full_key in loops and loops[full_key][0] is schedule:
         return loops[full_key][1]
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)   # plain TF: tf.while_loop and tf.cond are explicit
     def run(x, grid, extra, seed):
         k = tf.shape(grid)[0] - 1
         size = k if keep_trajectory else 0

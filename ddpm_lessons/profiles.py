@@ -108,19 +108,21 @@ PROFILES = {
         name="tiny", image_size=16, base_width=16, channel_mults=(1, 2), num_res_blocks=1,
         attention_resolutions=(8,), groups=4, batch_size=16, train_steps=30, learning_rate=1e-3,
         warmup_steps=5, ema_decay=0.9, checkpoint_every=10, preview_every=20, lesson_train_steps=40,
-        sample_steps=10,
+        sampler="heun", sample_steps=5, sample_spacing="karras", sample_sigma_max=80.0, sample_churn=1.25,
         num_samples=16, verdict_samples=32, toy_train_steps=300, toy_width=64, toy_num_samples=1000),
     "cpu": Profile(
         name="cpu", image_size=32, base_width=32, channel_mults=(1, 2, 3, 4), num_res_blocks=1,
         attention_resolutions=(16, 8), groups=8, batch_size=32, train_steps=1800,
         learning_rate=1e-3, warmup_steps=200, ema_decay=0.995, checkpoint_every=200,
-        preview_every=500, sample_steps=50, num_samples=64),
+        preview_every=500, sampler="heun", sample_steps=10, sample_spacing="karras", sample_sigma_max=80.0,
+        sample_churn=2.5, num_samples=64),
     "gpu": Profile(
         name="gpu", image_size=64, base_width=64, channel_mults=(1, 2, 4, 8), num_res_blocks=2,
         attention_resolutions=(16, 8), dropout=0.1, groups=8, mixed_precision=True, batch_size=64,
         train_steps=50_000,
         learning_rate=2e-4, warmup_steps=1000, ema_decay=0.999, checkpoint_every=1000,
-        preview_every=5000, lesson_train_steps=2000, sample_steps=50, num_samples=64, verdict_samples=512,
+        preview_every=5000, lesson_train_steps=2000, sampler="heun", sample_steps=18, sample_spacing="karras",
+        sample_sigma_max=80.0, sample_churn=0.0, num_samples=64, verdict_samples=512,
         toy_train_steps=5000),
 }
 

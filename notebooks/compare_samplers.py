@@ -8,7 +8,8 @@ The protocol (lesson 11): n = 512 samples from fresh seeds (1000, 1001, ... one 
 seeds no lesson draws previews with), one ``ScoreReference`` for every contender (the same real
 half B and the same subsets), KID in the calibrated detail network +- its standard error, SWD,
 and the whole-picture random-network KID ("shapes and colours"); a contender differs from DDPM-1000
-only when the paired KID difference exceeds 2 paired standard errors. Every sampler starts from the
+only when the paired KID difference exceeds 2 paired standard errors (in the detail score, the
+calibrated one; the whole-picture KID's paired difference is reported beside it). Every sampler starts from the
 same noise z for the same seed.
 
 Two parts. **diagnosis**: DDIM (eta = 0) and DPM-Solver++(2M) at 10 and 20 evaluations as lesson 08
@@ -138,23 +139,31 @@ def main(argv=None):
     results["floor"] = {"kid": real["kid"], "kid_se": real["kid_se"], "swd": real["swd"],
                         "shapes_kid": shapes.score(shapes.a[:m])["kid"], "n": m}
     subsets = {}
+    done = set()
     for c in todo:
         name = name_of(c)
+        if name in done:
+            continue
+        done.add(name)
         x, seconds = samples[name]
-        s = detail.score(x, with_subsets=True)
-        subsets[name] = s
+        s, sh = detail.score(x, with_subsets=True), shapes.score(x, with_subsets=True)
+        subsets[name] = (s, sh)
         row = {**c, "nfe": network_evaluations(c["sampler"], c["steps"], schedule.T),
                "seconds": round(seconds, 1), "kid": s["kid"], "kid_se": s["kid_se"], "swd": s["swd"],
-               "shapes_kid": shapes.score(x)["kid"],
-               "part": "diagnosis" if c in DIAGNOSIS else "sweep"}
+               "shapes_kid": sh["kid"], "shapes_kid_se": sh["kid_se"],
+               "parts": [p for p in parts if c in parts[p]]}
         if name != REFERENCE:
-            d = paired_difference(subsets[REFERENCE], s)        # KID(this) - KID(DDPM-1000), paired
-            row.update(vs_ddpm=d["diff"], vs_ddpm_se=d["se"], reaches_ddpm=not d["a_wins"])
+            d = paired_difference(subsets[REFERENCE][0], s)     # KID(this) - KID(DDPM-1000), paired
+            d2 = paired_difference(subsets[REFERENCE][1], sh)   # the same in the whole-picture features
+            row.update(vs_ddpm=d["diff"], vs_ddpm_se=d["se"], reaches_ddpm=not d["a_wins"],
+                       shapes_vs_ddpm=d2["diff"], shapes_vs_ddpm_se=d2["se"], shapes_reach_ddpm=not d2["a_wins"])
         results["runs"][name] = row
         plotting.save_grid(out / f"{name.replace(' ', '_').replace('=', '')}.png", x[:16], 8)
         results_file.write_text(json.dumps(results, indent=1) + "\n")
         vs = (f"  vs DDPM {1e3 * row['vs_ddpm']:+6.2f} +- {1e3 * row['vs_ddpm_se']:4.2f}"
-              f"{'  reaches' if row['reaches_ddpm'] else ''}") if "vs_ddpm" in row else ""
+              f"{' reaches' if row['reaches_ddpm'] else '        '}"
+              f"  shapes vs DDPM {1e3 * row['shapes_vs_ddpm']:+6.1f} +- {1e3 * row['shapes_vs_ddpm_se']:4.1f}"
+              f"{' reaches' if row['shapes_reach_ddpm'] else ''}") if "vs_ddpm" in row else ""
         print(f"{name:48s} NFE {row['nfe']:4d}  KID x1e3 {1e3 * s['kid']:6.2f} +- {1e3 * s['kid_se']:4.2f}  "
               f"SWD {s['swd']:5.1f}  shapes {1e3 * row['shapes_kid']:6.1f}{vs}  {seconds:5.0f} s", flush=True)
     f = results["floor"]

@@ -41,7 +41,7 @@ VARIANTS = {"eps": ("eps", "none"), "v": ("v", "none"), "eps-minsnr": ("eps", "m
 BASE = "eps"
 SEED = 2000                        # fresh sampling seeds (not the previews', not lesson 08's study)
 # the samplers each run's final weights are scored with: (sampler, steps, options)
-SAMPLERS = {"heun-10": dict(sampler="heun", steps=10, spacing="karras", sigma_max=80.0, churn=0.0)}
+SAMPLERS = {"heun-10": dict(sampler="heun", steps=10, spacing="karras", sigma_max=80.0, churn=2.5)}
 
 
 def profile_for(name):

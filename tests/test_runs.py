@@ -52,7 +52,8 @@ def test_default_steps_cap_the_passes_over_the_data():
 
 
 def test_the_estimate_adds_steps_previews_final_samples_and_the_verdict():
-    s = get_profile("cpu").replace(train_steps=1000, preview_every=250, sample_steps=50, verdict_samples=256)
+    s = get_profile("cpu").replace(train_steps=1000, preview_every=250, sampler="ddim", sample_steps=50,
+                                   verdict_samples=256)
     est = runs.estimate_seconds(s, 0, step_seconds=0.5, eval_seconds_per_image=0.01)
     # 1000 steps x 0.5 s; (4 previews x 16 + 256 verdict samples) x 50 evaluations x 0.01 s; scoring
     assert est["training"] == 500 and est["previews"] == 4
@@ -63,6 +64,8 @@ def test_the_estimate_adds_steps_previews_final_samples_and_the_verdict():
     assert resumed["total"] == pytest.approx(200 + (2 * 16 + 16) * 50 * 0.01)
     ddpm = runs.estimate_seconds(s.replace(sampler="ddpm"), 0, 0.5, 0.01)
     assert ddpm["sampling"] == pytest.approx((4 * 16 + 256) * 1000 * 0.01)   # DDPM runs all T steps
+    heun = runs.estimate_seconds(s.replace(sampler="heun", sample_steps=10), 0, 0.5, 0.01)
+    assert heun["sampling"] == pytest.approx((4 * 16 + 256) * 19 * 0.01)     # Heun: 2 x 10 - 1 evaluations
 
 
 def test_fingerprint_sees_added_removed_and_rewritten_files(tmp_path):

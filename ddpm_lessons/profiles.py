@@ -113,7 +113,7 @@ PROFILES = {
     "cpu": Profile(
         name="cpu", image_size=32, base_width=32, channel_mults=(1, 2, 3, 4), num_res_blocks=1,
         attention_resolutions=(16, 8), groups=8, batch_size=32, train_steps=1800,
-        learning_rate=1e-3, warmup_steps=200, ema_decay=0.995, checkpoint_every=200,
+        learning_rate=1e-3, warmup_steps=200, ema_decay=0.995, checkpoint_every=200, prediction="v",
         preview_every=500, sampler="heun", sample_steps=10, sample_spacing="karras", sample_sigma_max=80.0,
         sample_churn=2.5, num_samples=64),
     "gpu": Profile(

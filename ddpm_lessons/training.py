@@ -126,13 +126,24 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 REFERENCE_DIR = Path(__file__).resolve().parent / "assets" / "reference_cpu"
 
 
-def load_reference_weights(model: keras.Model) -> keras.Model:
+def reference_prediction() -> str:
+    """What the shipped reference network predicts ("eps" or "v"), from its settings.json."""
+    settings = json.loads((REFERENCE_DIR / "settings.json").read_text())
+    return settings.get("profile", {}).get("prediction", "eps")
+
+
+def load_reference_weights(model: keras.Model, prediction: str | None = None) -> keras.Model:
     """Load the shipped reference run's EMA weights (``assets/reference_cpu``) into ``model``,
-    which must be the ``cpu`` profile's U-Net (``build_unet(get_profile("cpu"))``)."""
+    which must be the ``cpu`` profile's U-Net (``build_unet(get_profile("cpu"))``). With
+    ``prediction`` (what the caller will train or sample as), refuse weights that predict another target."""
     path = REFERENCE_DIR / "ema.weights.h5"
     if not path.exists():
         raise FileNotFoundError(f"no reference weights at {path.name} in the package's assets; "
                                 "train your own with `make train`")
+    if prediction is not None and prediction != reference_prediction():
+        raise ValueError(f"the shipped reference network predicts {reference_prediction()!r}, but this run "
+                         f"uses prediction={prediction!r}: start from scratch (leave init_from empty / no "
+                         f"INIT=reference), or set the profile's prediction to {reference_prediction()!r}")
     model.load_weights(path)
     return model
 

@@ -12,6 +12,7 @@ The decision rule, fixed before the runs: each variant is scored by the course's
 samples from fresh seeds, one ScoreReference, calibrated detail KID with paired standard errors, SWD)
 with the course's few-step sampler (lesson 08) at the end of training; a variant replaces eps / none
 only if its KID is lower by more than 2 paired standard errors; otherwise the course keeps eps.
+(The whole-picture KID and its paired difference are reported beside it, as in the verdict.)
 Writes notebooks/targets/results.json and one 32-sample grid per run and checkpoint.
 """
 from __future__ import annotations
@@ -27,7 +28,8 @@ import numpy as np
 
 from ddpm_lessons import plotting
 from ddpm_lessons.data import default_dataset_path, make_dataset, read_image_folder
-from ddpm_lessons.metrics import PROTOCOL_SAMPLES, ScoreReference, detail_feature_fn, paired_difference
+from ddpm_lessons.metrics import (PROTOCOL_SAMPLES, ScoreReference, detail_feature_fn, paired_difference,
+                                  random_feature_fn)
 from ddpm_lessons.profiles import get_profile
 from ddpm_lessons.sampling import generate, network_evaluations
 from ddpm_lessons.schedule import NoiseSchedule
@@ -75,8 +77,19 @@ def train(name, images):
         indent=1))
 
 
+def draw(model, schedule, profile, kw, cache):
+    """512 samples of ``model`` with sampler ``kw`` (cached as uint8 in ``cache``), in [-1, 1]."""
+    if cache.exists():
+        return np.load(cache)["samples"].astype(np.float32) / 127.5 - 1.0
+    x = generate(model, schedule, PROTOCOL_SAMPLES, seed=SEED, batch_size=128, prediction=profile.prediction, **kw)
+    x = np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
+    np.savez_compressed(cache, samples=x)
+    return x.astype(np.float32) / 127.5 - 1.0
+
+
 def score(images, out):
     reference = ScoreReference(images, feature_fn=detail_feature_fn)
+    shapes = ScoreReference(images, feature_fn=random_feature_fn)
     results = {"num_samples": PROTOCOL_SAMPLES, "seed": SEED, "runs": {}}
     scores = {}
     for name in VARIANTS:
@@ -89,26 +102,40 @@ def score(images, out):
         for step in info["keep"]:
             model.load_weights(RUNS / name / f"ema_{step}.weights.h5")
             for label, kw in SAMPLERS.items():
-                x = generate(model, schedule, PROTOCOL_SAMPLES, seed=SEED, batch_size=128,
-                             prediction=profile.prediction, **kw)
-                s = reference.score(x, with_subsets=True)
-                scores[(name, step, label)] = s
-                entry = {"kid": s["kid"], "kid_se": s["kid_se"], "swd": s["swd"],
-                         "nfe": network_evaluations(kw["sampler"], kw["steps"])}
+                x = draw(model, schedule, profile, kw, RUNS / name / f"samples_{step}_{label}.npz")
+                s, sh = reference.score(x, with_subsets=True), shapes.score(x, with_subsets=True)
+                scores[(name, step, label)] = (s, sh)
+                entry = {"kid": s["kid"], "kid_se": s["kid_se"], "swd": s["swd"], "shapes_kid": sh["kid"],
+                         "shapes_kid_se": sh["kid_se"], "nfe": network_evaluations(kw["sampler"], kw["steps"])}
                 if name != BASE:
-                    d = paired_difference(scores[(BASE, step, label)], s)
-                    entry.update(vs_eps=d["diff"], vs_eps_se=d["se"], wins=d["b_wins"], loses=d["a_wins"])
+                    base, base_sh = scores[(BASE, step, label)]
+                    d, d2 = paired_difference(base, s), paired_difference(base_sh, sh)
+                    entry.update(vs_eps=d["diff"], vs_eps_se=d["se"], wins=d["b_wins"], loses=d["a_wins"],
+                                 shapes_vs_eps=d2["diff"], shapes_vs_eps_se=d2["se"])
                 row["scores"][f"{label} @ {step}"] = entry
                 print(f"{name:11s} step {step:5d} {label:8s} KID x1e3 {1e3 * s['kid']:6.2f} +- "
-                      f"{1e3 * s['kid_se']:4.2f}  SWD {s['swd']:5.1f}"
+                      f"{1e3 * s['kid_se']:4.2f}  SWD {s['swd']:5.1f}  shapes {1e3 * sh['kid']:5.1f} +- {1e3 * sh['kid_se']:4.1f}"
                       + (f"  vs eps {1e3 * entry['vs_eps']:+6.2f} +- {1e3 * entry['vs_eps_se']:4.2f}"
+                         f"  shapes vs eps {1e3 * entry['shapes_vs_eps']:+5.1f} +- {1e3 * entry['shapes_vs_eps_se']:4.1f}"
                          if "vs_eps" in entry else ""), flush=True)
             plotting.save_grid(out / f"{name}_{step}.png", x[:32], 8)
         results["runs"][name] = row
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    # the weighting's effect within each target, at the end (the same protocol, paired)
+    last = max(info["keep"])
+    results["pairs"] = {}
+    for a, b in [("eps", "eps-minsnr"), ("v", "v-minsnr"), ("v", "eps-minsnr")]:
+        for label in SAMPLERS:
+            (sa, sha), (sb, shb) = scores[(a, last, label)], scores[(b, last, label)]
+            d, d2 = paired_difference(sa, sb), paired_difference(sha, shb)
+            results["pairs"][f"{b} vs {a} @ {last}"] = {"diff": d["diff"], "se": d["se"], "shapes_diff": d2["diff"],
+                                                        "shapes_se": d2["se"]}
+            print(f"{b} vs {a} at step {last}: KID x1e3 {1e3 * d['diff']:+.2f} +- {1e3 * d['se']:.2f}, "
+                  f"shapes {1e3 * d2['diff']:+.1f} +- {1e3 * d2['se']:.1f}", flush=True)
     m = min(PROTOCOL_SAMPLES, len(reference.a))
     f = reference.score(reference.a[:m])
-    results["floor"] = {"kid": f["kid"], "kid_se": f["kid_se"], "swd": f["swd"], "n": m}
+    results["floor"] = {"kid": f["kid"], "kid_se": f["kid_se"], "swd": f["swd"], "n": m,
+                        "shapes_kid": shapes.score(shapes.a[:m])["kid"]}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
 

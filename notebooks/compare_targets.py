@@ -2,6 +2,7 @@
 
     .venv/bin/python notebooks/compare_targets.py train            # 4 runs of the cpu recipe (~40 min)
     .venv/bin/python notebooks/compare_targets.py score            # the protocol on their EMA weights
+    .venv/bin/python notebooks/compare_targets.py few-step         # eps and v with 5-15 evaluations
 
 Four runs of the `cpu` profile on the shipped data, identical but for the target: the same seed, data
 order, steps, batch and learning rate (so the same compute): eps / none (the course's target today),
@@ -139,9 +140,44 @@ def score(images, out):
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
 
+FEW = {"dpm++2m-5": dict(sampler="dpm++2m", steps=5, spacing="karras", sigma_max=80.0),
+       "heun-5": dict(sampler="heun", steps=5, spacing="karras", sigma_max=80.0, churn=1.25),
+       "dpm++2m-10": dict(sampler="dpm++2m", steps=10, spacing="karras", sigma_max=80.0),
+       "heun-8": dict(sampler="heun", steps=8, spacing="karras", sigma_max=80.0, churn=2.0)}
+
+
+def few_step(images, out):
+    """eps and v at the end of training with fewer evaluations: the fewest that are not worse than
+    the same network's Heun-10 (19 evaluations) by more than 2 paired standard errors."""
+    reference = ScoreReference(images, feature_fn=detail_feature_fn)
+    results = json.loads((out / "results.json").read_text())
+    results["few_step"] = {}
+    for name in ("eps", "v"):
+        profile = profile_for(name)
+        schedule = NoiseSchedule.from_kind(profile.schedule, profile.timesteps)
+        step = max(json.loads((RUNS / name / "train.json").read_text())["keep"])
+        model = build_unet(profile)
+        model.load_weights(RUNS / name / f"ema_{step}.weights.h5")
+        base = reference.score(draw(model, schedule, profile, SAMPLERS["heun-10"],
+                                    RUNS / name / f"samples_{step}_heun-10.npz"), with_subsets=True)
+        rows = {}
+        for label, kw in FEW.items():
+            s = reference.score(draw(model, schedule, profile, kw, RUNS / name / f"samples_{step}_{label}.npz"),
+                                with_subsets=True)
+            d = paired_difference(base, s)
+            rows[label] = {"nfe": network_evaluations(kw["sampler"], kw["steps"]), "kid": s["kid"],
+                           "kid_se": s["kid_se"], "swd": s["swd"], "vs_heun10": d["diff"], "vs_heun10_se": d["se"],
+                           "as_good": not d["a_wins"]}
+            print(f"{name:4s} {label:11s} NFE {rows[label]['nfe']:3d}  KID x1e3 {1e3 * s['kid']:6.2f} +- "
+                  f"{1e3 * s['kid_se']:4.2f}  SWD {s['swd']:5.1f}  vs its heun-10 {1e3 * d['diff']:+.2f} +- "
+                  f"{1e3 * d['se']:.2f}", flush=True)
+        results["few_step"][name] = rows
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["train", "score"])
+    p.add_argument("what", choices=["train", "score", "few-step"])
     p.add_argument("--only", nargs="*", default=None)
     args = p.parse_args(argv)
     out = HERE / "targets"
@@ -150,8 +186,10 @@ def main(argv=None):
     if args.what == "train":
         for name in args.only or VARIANTS:
             train(name, images)
-    else:
+    elif args.what == "score":
         score(images, out)
+    else:
+        few_step(images, out)
     return 0
 
 

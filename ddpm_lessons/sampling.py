@@ -229,12 +229,10 @@ def ddim_loop_step(eta=0.0):
     """DDIM (eq. 12) from grid[i] to grid[i + 1]; fresh noise only when eta > 0."""
     def step(x, i, grid, ctx):
         t, s = grid[i], grid[i + 1]
-        eps, x0_hat = ctx.denoise(x, t)
-        a_t, a_s = ctx.gather(t), ctx.gather(s)
-        sigma = eta * tf.sqrt((1.0 - a_s) / (1.0 - a_t)) * tf.sqrt(1.0 - a_t / a_s)
-        x_s = tf.sqrt(a_s) * x0_hat + tf.sqrt(tf.maximum(1.0 - a_s - sigma ** 2, 0.0)) * eps
-        if eta > 0:
-            x_s = x_s + sigma * ctx.noise(x, t)
+        eps = tf.cast(ctx.eps_fn(x, ctx.times(t)), x.dtype)
+        z = ctx.noise(x, t) if eta > 0 else None
+        x_s, x0_hat = ddim_step(x, ctx.times(t), ctx.times(s), eps, ctx.schedule, eta=eta, noise=z,
+                                clip_x0=ctx.clip_x0)
         return x_s, x0_hat, ctx.carry
     return step
 

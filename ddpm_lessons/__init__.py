@@ -4,13 +4,13 @@
     data       image folders -> tf.data in [-1, 1], with a report        lessons 00, 10
     plotting   image grids and figures (the only matplotlib user)        all lessons
     schedule   beta_t, alpha_bar_t, posterior constants                  lesson 01
-    forward    q(x_t | x_0) and q(x_{t-1} | x_t, x_0)                    lesson 02
+    forward    q(x_t | x_0), q(x_{t-1} | x_t, x_0); v <-> eps <-> x_0     lessons 02, 12
     toy        the whole method on 2-D points, exact mixture score       lesson 03
     blocks     time embedding, residual block, down/up sampling          lesson 04
     attention  self-attention over pixels, by hand                       lesson 05
     unet       the assembled U-Net                                       lesson 06
-    training   the Trainer: loss, EMA, checkpoints, NaN guard            lesson 07
-    sampling   DDPM, DDIM, DPM-Solver++(2M), DDIM inversion              lesson 08
+    training   the Trainer: loss (eps or v, weighting), EMA, checkpoints lessons 07, 12
+    sampling   DDPM, DDIM, DPM-Solver++(2M), EDM Heun, DDIM inversion    lesson 08
     runs       run folders, the step rule, the time estimate, PNGs out   lessons 09, 10
     metrics    KID, SWD, the copy check, the protocol, the verdict       lesson 11
     bench      speed against the machine's limit (python -m ...bench)    (script)

@@ -129,8 +129,13 @@ def karras_timesteps(schedule: NoiseSchedule, num_steps: int, sigma_max=None, rh
         raise ValueError(f"num_steps must be between 1 and {t_start + 1}, got {num_steps}")
     hi, lo = sig[t_start] ** (1 / rho), sig[0] ** (1 / rho)
     wanted = (hi + np.linspace(0, 1, num_steps) * (lo - hi)) ** rho
-    t = np.abs(np.log(sig)[None, :] - np.log(wanted)[:, None]).argmin(axis=1)
-    return np.unique(t.astype(np.int32))[::-1].copy()
+    return np.unique(nearest_timesteps(schedule, wanted))[::-1].copy()
+
+
+def nearest_timesteps(schedule: NoiseSchedule, wanted_sigmas) -> np.ndarray:
+    """For each wanted noise level, the trained timestep whose sigma_t is nearest in log sigma: int32."""
+    log_sig = np.log(sigmas(schedule))
+    return np.abs(log_sig[None, :] - np.log(np.asarray(wanted_sigmas))[:, None]).argmin(axis=1).astype(np.int32)
 
 
 def timestep_grid(schedule: NoiseSchedule, num_steps: int, spacing: str = "uniform",
@@ -176,11 +181,7 @@ class _Context:
     def denoise(self, x, t):
         """(eps, x0_hat) at scalar timestep t; with a clipped x0_hat, eps is the one it implies."""
         eps = tf.cast(self.eps_fn(x, self.times(t)), x.dtype)
-        a = self.gather(t)
-        x0_hat = (x - tf.sqrt(1.0 - a) * eps) / tf.sqrt(a)                  # eq. 4 inverted
-        if self.clip_x0 is not None:
-            x0_hat = clip(x0_hat, self.clip_x0)
-            eps = (x - tf.sqrt(a) * x0_hat) / tf.sqrt(1.0 - a)
+        x0_hat, eps = x0_and_eps(x, self.gather(t), eps, self.clip_x0)
         return eps, x0_hat
 
     def noise(self, x, t):
@@ -196,6 +197,17 @@ def ddpm_loop_step(variance="posterior"):
         last = tf.cast(tf.equal(t, 0), x.dtype)
         return mean + (1.0 - last) * tf.sqrt(var) * ctx.noise(x, t), x0_hat, ctx.carry
     return step
+
+
+def x0_and_eps(x_t, a_t, eps, clip_x0=None):
+    """(x0_hat, eps) from a noise prediction, with abar_t ``a_t`` broadcastable against x_t:
+    x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (eq. 4 inverted); with ``clip_x0`` x0_hat
+    is clipped and eps becomes the noise the clipped x0_hat implies."""
+    x0_hat = (x_t - tf.sqrt(1.0 - a_t) * eps) / tf.sqrt(a_t)
+    if clip_x0 is not None:
+        x0_hat = clip(x0_hat, clip_x0)
+        eps = (x_t - tf.sqrt(a_t) * x0_hat) / tf.sqrt(1.0 - a_t)
+    return x0_hat, eps
 
 
 def ddim_step(x_t, t, s, eps, schedule: NoiseSchedule, eta=0.0, noise=None, clip_x0=None):
@@ -214,10 +226,7 @@ def ddim_step(x_t, t, s, eps, schedule: NoiseSchedule, eta=0.0, noise=None, clip
     shape = [-1] + [1] * (len(x_t.shape) - 1)
     a_t = tf.reshape(tf.gather(abar, tf.cast(t, tf.int32)), shape)
     a_s = tf.reshape(tf.gather(abar, tf.math.floormod(tf.cast(s, tf.int32), schedule.T + 1)), shape)
-    x0_hat = (x_t - tf.sqrt(1.0 - a_t) * eps) / tf.sqrt(a_t)
-    if clip_x0 is not None:
-        x0_hat = clip(x0_hat, clip_x0)
-        eps = (x_t - tf.sqrt(a_t) * x0_hat) / tf.sqrt(1.0 - a_t)     # the noise the clipped x0 implies
+    x0_hat, eps = x0_and_eps(x_t, a_t, eps, clip_x0)
     sigma = eta * tf.sqrt((1.0 - a_s) / (1.0 - a_t)) * tf.sqrt(1.0 - a_t / a_s)
     x_s = tf.sqrt(a_s) * x0_hat + tf.sqrt(tf.maximum(1.0 - a_s - sigma ** 2, 0.0)) * eps
     if noise is not None:
@@ -277,8 +286,7 @@ def heun_timesteps(schedule: NoiseSchedule, grid, churn: float = 0.0, s_noise: f
     sig = sigmas(schedule)
     taus = np.asarray(grid)[:-1]
     gamma = min(churn / len(taus), np.sqrt(2) - 1) if churn > 0 else 0.0
-    wanted = sig[taus] * (1 + gamma)
-    t_hat = np.abs(np.log(sig)[None, :] - np.log(wanted)[:, None]).argmin(axis=1)
+    t_hat = nearest_timesteps(schedule, sig[taus] * (1 + gamma))
     return np.maximum(t_hat, taus).astype(np.int32)
 
 

@@ -6,6 +6,8 @@
 #                        a new run, CONTINUE=1 goes on although the folder's files changed,
 #                        STEPS=N changes the number of steps (default: by the folder's size),
 #                        INIT=reference starts from the shipped emoji weights,
+#                        PRECISION=float32 turns bfloat16 training off (default auto: bfloat16
+#                        where the CPU has AVX512_BF16 or AMX),
 #                        RUNS=dir keeps run folders somewhere else than runs/
 #   make generate RUN=runs/<run> N=100   N new PNG files from a run's EMA weights (SEED=0)
 #   make test            set up .venv if needed, run the unit tests and every notebook (tiny profile)
@@ -24,6 +26,7 @@ PROFILE ?=
 FRESH ?= 0
 STEPS ?= 0
 INIT ?=
+PRECISION ?=
 RUNS ?= runs
 DATA ?=
 SIZE ?= 0
@@ -49,7 +52,7 @@ $(STAMP): pyproject.toml
 # run folder, next to its checkpoints, samples and results.
 train: $(STAMP)
 	@run=$$(DDPM_PROFILE=$(PROFILE) $(BIN)/python -m ddpm_lessons.runs prepare --runs "$(RUNS)" \
-	  --data "$(DATA)" --size $(SIZE) --steps $(STEPS) --init "$(INIT)" \
+	  --data "$(DATA)" --size $(SIZE) --steps $(STEPS) --init "$(INIT)" --precision "$(PRECISION)" \
 	  $(if $(filter 1,$(FRESH)),--fresh) $(if $(filter 1,$(CONTINUE)),--continue)) || exit 2; \
 	echo "run folder: $$run" && \
 	DDPM_PROFILE=$(PROFILE) $(BIN)/papermill notebooks/09_full_training.ipynb $$run/09_full_training.ipynb \

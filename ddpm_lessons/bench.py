@@ -2,12 +2,13 @@
 
 What is measured, and how:
 
-    limit        float32 matmul GFLOP/s (n x n times n x n, n = 512/1024/2048, 2 n^3 FLOPs, inside a
+    limit        matmul GFLOP/s (n x n times n x n, n = 512/1024/2048, 2 n^3 FLOPs, inside a
                  tf.function, best of several repeats), and a 3x3 SAME ``tf.nn.conv2d`` at the U-Net's
                  own shapes: for each level (resolution r, width c) a forward pass on (B, r, r, c) -> c
                  channels, 2 B r^2 9 c^2 FLOPs, B = the profile's batch size. The "conv limit" is the
                  FLOP-weighted aggregate over the levels: sum of FLOPs / sum of best times. Small
                  shapes chain several convs per call so the call overhead is not charged to them.
+                 Both in float32 and, where the CPU has AVX512_BF16 or AMX, in bfloat16.
     model        parameters; forward GFLOP per image counted from the layers: the graph of one traced
                  forward pass at batch 1 goes through TensorFlow's FLOP registry
                  (``tf.compat.v1.profiler``). It counts Conv2D, MatMul (Dense), BatchMatMul and the
@@ -17,9 +18,16 @@ What is measured, and how:
                  (2 x the product of all its index sizes).
     training     images/s of the real ``Trainer`` on random images in [-1, 1] at the profile's batch size,
                  in three modes: eager (``tf.config.run_functions_eagerly``), tf.function and XLA
-                 (``jit_compile``), each in a fresh subprocess so the first step (trace + compile) is
-                 timed honestly and peak RSS is per mode. Achieved GFLOP/s = images/s x 3 x forward
-                 GFLOP per image: we assume the backward pass costs about two forwards.
+                 (``jit_compile``), each in float32 and bfloat16 (Keras's "mixed_bfloat16": float32
+                 weights and loss), each in a fresh subprocess so the first step (trace + compile) is
+                 timed honestly and peak RSS is per run. Achieved GFLOP/s = images/s x 3 x forward
+                 GFLOP per image: we assume the backward pass costs about two forwards. The share of
+                 each limit is against the same precision's limit.
+    step profile where one compiled training step spends its time: TensorFlow's profiler traces a few
+                 steps, and the time of every op it ran is summed by what the op belongs to
+                 (convolutions, GroupNorm, attention, the rest of the network, optimizer, EMA
+                 update, noising and loss); the input pipeline (one batch from ``make_dataset``)
+                 is timed apart.
     sampling     seconds to draw 32 images with DDPM (all T steps) and with DDIM eta = 0, DDIM eta = 1
                  and DPM-Solver++(2M) at 10/20/50 steps, each sampler warmed up once (tracing excluded),
                  against the bound steps x (best time of one compiled forward pass over 32 images).
@@ -38,6 +46,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 MODES = ("eager", "function", "xla")
 MATMUL_SIZES = (512, 1024, 2048)
@@ -83,21 +93,23 @@ def machine_facts() -> dict:
 
 
 # ------------------------------------------------------------------ the limit
-def matmul_limit(sizes=MATMUL_SIZES, repeats=5) -> list[dict]:
-    """float32 GFLOP/s of an n x n matmul inside a tf.function, best of ``repeats``, per size n."""
+def matmul_limit(sizes=MATMUL_SIZES, repeats=5, dtype="float32") -> list[dict]:
+    """GFLOP/s of an n x n matmul in ``dtype`` inside a tf.function, best of ``repeats``, per size n."""
     import tensorflow as tf
-    mm = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+    mm = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
     rows = []
     for n in sizes:
-        a, b = tf.random.normal([n, n], seed=1), tf.random.normal([n, n], seed=2)
+        a = tf.cast(tf.random.normal([n, n], seed=1), dtype)
+        b = tf.cast(tf.random.normal([n, n], seed=2), dtype)
         seconds = best_time(lambda: mm(a, b).numpy(), repeats)
         rows.append({"n": n, "gflop": 2 * n ** 3 / 1e9, "seconds": seconds,
                      "gflops": 2 * n ** 3 / seconds / 1e9})
     return rows
 
 
-def conv_limit(profile, batch=None, repeats=5) -> dict:
-    """3x3 SAME conv GFLOP/s at each level's (batch, r, r, c) -> c; plus the FLOP-weighted aggregate.
+def conv_limit(profile, batch=None, repeats=5, dtype="float32") -> dict:
+    """3x3 SAME conv GFLOP/s in ``dtype`` at each level's (batch, r, r, c) -> c; plus the FLOP-weighted
+    aggregate.
 
     Small shapes run several convs chained in one call (``chained``), so the tf.function's call
     overhead, which a training step pays once for all its layers, is not charged to each conv."""
@@ -109,22 +121,22 @@ def conv_limit(profile, batch=None, repeats=5) -> dict:
     def conv(x, w, reps):          # reps chained convs per call: small shapes are not call overhead
         for _ in tf.range(reps):
             x = tf.nn.conv2d(x, w, 1, "SAME")
-        return tf.reduce_sum(x)
+        return tf.reduce_sum(tf.cast(x, tf.float32))
 
     rows = []
     for row in level_table(profile):
         if row["level"] == "middle":      # same shape as the last level
             continue
         r, c = row["resolution"], row["channels"]
-        x = tf.random.normal([batch, r, r, c], seed=1)
-        w = tf.random.normal([3, 3, c, c], seed=2) / (9 * c) ** 0.5     # keeps the chain's scale ~1
+        x = tf.cast(tf.random.normal([batch, r, r, c], seed=1), dtype)
+        w = tf.cast(tf.random.normal([3, 3, c, c], seed=2) / (9 * c) ** 0.5, dtype)  # keeps the chain's scale ~1
         flops = 2 * batch * r * r * 9 * c * c
         reps = max(1, round(2e8 / flops))
         seconds = best_time(lambda: conv(x, w, tf.constant(reps)).numpy(), repeats) / reps
         rows.append({"level": row["level"], "resolution": r, "channels": c, "gflop": flops / 1e9,
                      "seconds": seconds, "gflops": flops / seconds / 1e9, "chained": reps})
     total = sum(r["gflop"] for r in rows) / sum(r["seconds"] for r in rows)
-    return {"batch": batch, "levels": rows, "limit_gflops": total}
+    return {"batch": batch, "dtype": dtype, "levels": rows, "limit_gflops": total}
 
 
 # ------------------------------------------------------------------ FLOPs counted from the graph
@@ -195,8 +207,9 @@ def flops_summary(by_type: dict) -> dict:
 
 
 # ------------------------------------------------------------------ training, one mode per process
-def train_worker(profile_name: str, mode: str, steps: int) -> dict:
-    """Time the real ``Trainer`` in one mode, in this (fresh) process; returns a JSON-able dict."""
+def train_worker(profile_name: str, mode: str, steps: int, precision: str = "float32") -> dict:
+    """Time the real ``Trainer`` in one mode and precision, in this (fresh) process; returns a
+    JSON-able dict."""
     import keras
     import tensorflow as tf
     from .profiles import get_profile
@@ -210,7 +223,7 @@ def train_worker(profile_name: str, mode: str, steps: int) -> dict:
     tf.config.run_functions_eagerly(mode == "eager")
     schedule = NoiseSchedule.from_kind(profile.schedule, profile.timesteps)
     config = TrainConfig.from_profile(profile, jit_compile=(mode == "xla"))
-    trainer = Trainer(build_unet(profile), schedule, config)
+    trainer = Trainer(build_unet(profile, precision=precision), schedule, config)
     b, s, c = profile.batch_size, profile.image_size, profile.channels
     x0 = tf.random.uniform([b, s, s, c], -1.0, 1.0, seed=0)
     t0 = time.perf_counter()
@@ -222,21 +235,21 @@ def train_worker(profile_name: str, mode: str, steps: int) -> dict:
         loss = trainer.train_step(x0)
         times.append(time.perf_counter() - t0)
     mean = sum(times) / len(times)
-    return {"profile": profile.name, "mode": mode, "batch_size": b, "steps": steps,
+    return {"profile": profile.name, "mode": mode, "precision": precision, "batch_size": b, "steps": steps,
             "first_step_s": first, "step_s": mean, "best_step_s": min(times),
             "images_per_s": b / mean, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "loss": loss}
 
 
-def run_worker(profile_name: str, mode: str, steps: int) -> dict:
+def run_worker(profile_name: str, mode: str, steps: int, precision: str = "float32") -> dict:
     """``train_worker`` in a fresh ``python -m ddpm_lessons.bench --_worker`` process."""
     cmd = [sys.executable, "-m", "ddpm_lessons.bench", "--_worker", "--profile", profile_name,
-           "--mode", mode, "--steps", str(steps)]
+           "--mode", mode, "--steps", str(steps), "--precision", precision]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode or not lines:
-        raise RuntimeError(f"worker {profile_name}/{mode} failed (exit {done.returncode}):\n"
+        raise RuntimeError(f"worker {profile_name}/{mode}/{precision} failed (exit {done.returncode}):\n"
                            + done.stderr[-3000:])
     result = json.loads(lines[-1])
     result["process_s"] = time.perf_counter() - t0
@@ -293,10 +306,83 @@ def sampling_bench(profile, quick=False, batch=SAMPLE_BATCH, steps_list=FAST_STE
     return {"batch": batch, "forward_s": forward_s, "quick": quick, "rows": rows}
 
 
+# ------------------------------------------------------------------ where a step spends its time
+STEP_PARTS = ("convolutions", "GroupNorm", "attention", "other network ops", "optimizer", "EMA update",
+              "noising and loss")
+
+
+def step_part(event_name: str) -> str | None:
+    """What a profiler op event ("scope/path:OpType") belongs to; None for events that are not ops."""
+    if "::" in event_name or ":" not in event_name:
+        return None
+    path, op_type = event_name.rsplit(":", 1)
+    head = path.split("/")[0]
+    if head.startswith("ema_update"):
+        return "EMA update"
+    if head.startswith("adam") or head.startswith("loss_scale_optimizer"):
+        return "optimizer"
+    if head.startswith(("noising", "loss", "stateful_")):
+        return "noising and loss"
+    if "Conv2D" in op_type:
+        return "convolutions"
+    if "norm" in path:
+        return "GroupNorm"
+    if "attn" in path:
+        return "attention"
+    return "other network ops"
+
+
+def profile_step(profile, precision="float32", steps=3, batch_seconds=True) -> dict:
+    """Milliseconds per compiled training step by part (``STEP_PARTS``), from TensorFlow's profiler:
+    the op events of ``steps`` traced steps, summed over the threads that ran them (so the total can
+    exceed the wall time on several cores); plus the wall time of a step and of one input batch."""
+    import tempfile
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    from .data import make_dataset
+    from .schedule import NoiseSchedule
+    from .training import Trainer, TrainConfig
+    from .unet import build_unet
+    schedule = NoiseSchedule.from_kind(profile.schedule, profile.timesteps)
+    trainer = Trainer(build_unet(profile, precision=precision), schedule, TrainConfig.from_profile(profile))
+    b, s, c = profile.batch_size, profile.image_size, profile.channels
+    x0 = tf.random.uniform([b, s, s, c], -1.0, 1.0, seed=0)
+    for _ in range(3):
+        trainer.train_step(x0)
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step(x0)
+        wall = (time.perf_counter() - t0) / steps
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(next(Path(logdir).rglob("*.xplane.pb")).read_bytes())
+    ps = {part: 0 for part in STEP_PARTS}
+    for plane in space.planes:
+        for line in plane.lines:
+            for event in line.events:
+                part = step_part(plane.event_metadata[event.metadata_id].name)
+                if part:
+                    ps[part] += event.duration_ps
+    ms = {part: v / 1e9 / steps for part, v in ps.items()}
+    images = np.random.default_rng(0).integers(0, 256, (4 * b, s, s, c), dtype=np.uint8)
+    batches = iter(make_dataset(images, b, seed=0).repeat())
+    next(batches)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        next(batches)
+    return {"precision": precision, "steps": steps, "step_ms": 1e3 * wall, "ms_by_part": ms,
+            "op_ms": sum(ms.values()), "input_batch_ms": 1e3 * (time.perf_counter() - t0) / 20}
+
+
 # ------------------------------------------------------------------ one profile, end to end
-def bench_profile(name, steps=None, modes=MODES, sampling=True, quick=False, log=print) -> dict:
-    """Everything but the machine-wide matmul limit for one profile; returns a JSON-able dict."""
-    from .profiles import get_profile
+def bench_profile(name, steps=None, modes=MODES, sampling=True, quick=False, log=print,
+                  precisions=None) -> dict:
+    """Everything but the machine-wide matmul limit for one profile; returns a JSON-able dict.
+    ``precisions``: the training precisions to time (default float32, and bfloat16 where the CPU
+    has it: ``profiles.resolve_precision``)."""
+    from .profiles import get_profile, resolve_precision
     from .unet import build_unet, count_params
     profile = get_profile(name)
     t0 = time.perf_counter()
@@ -307,17 +393,25 @@ def bench_profile(name, steps=None, modes=MODES, sampling=True, quick=False, log
               "flops_shares": flops_summary(by_type)}
     del model
     log(f"  [{name}] FLOPs counted in {time.perf_counter() - t0:.1f} s")
+    auto, why = resolve_precision("auto", gpu=False)
+    result["bfloat16"] = {"on": auto == "bfloat16", "why": why}
+    if precisions is None:
+        precisions = ("float32", "bfloat16") if auto == "bfloat16" else ("float32",)
     t0 = time.perf_counter()
-    result["conv"] = conv_limit(profile)
-    log(f"  [{name}] conv limit measured in {time.perf_counter() - t0:.1f} s")
+    result["conv"] = {p: conv_limit(profile, dtype=p) for p in precisions}
+    log(f"  [{name}] conv limits measured in {time.perf_counter() - t0:.1f} s")
     result["training"] = {}
     for mode in modes:
-        n = (steps or 10) if mode != "eager" else min(steps or 3, 3)
-        r = run_worker(profile.name, mode, n)
-        r["achieved_gflops"] = r["images_per_s"] * 3 * result["forward_gflop_per_image"]
-        r["share_of_conv_limit"] = r["achieved_gflops"] / result["conv"]["limit_gflops"]
-        result["training"][mode] = r
-        log(f"  [{name}] training, {mode}: {r['process_s']:.1f} s in a subprocess")
+        for precision in precisions:
+            n = (steps or 10) if mode != "eager" else min(steps or 3, 3)
+            r = run_worker(profile.name, mode, n, precision)
+            r["achieved_gflops"] = r["images_per_s"] * 3 * result["forward_gflop_per_image"]
+            r["share_of_conv_limit"] = r["achieved_gflops"] / result["conv"][precision]["limit_gflops"]
+            result["training"][f"{mode}/{precision}"] = r
+            log(f"  [{name}] training, {mode}/{precision}: {r['process_s']:.1f} s in a subprocess")
+    t0 = time.perf_counter()
+    result["step_profile"] = {p: profile_step(profile, p) for p in precisions}
+    log(f"  [{name}] step profiled in {time.perf_counter() - t0:.1f} s")
     if sampling:
         t0 = time.perf_counter()
         result["sampling"] = sampling_bench(profile, quick=quick)
@@ -326,34 +420,48 @@ def bench_profile(name, steps=None, modes=MODES, sampling=True, quick=False, log
 
 
 # ------------------------------------------------------------------ report
-def format_report(machine: dict, matmul: list, result: dict) -> str:
-    """The printed table for one profile."""
+def format_report(machine: dict, matmul: dict, result: dict) -> str:
+    """The printed table for one profile; ``matmul``: {precision: matmul_limit rows}."""
     lines = []
     onednn = {True: "on", False: "off", None: "unknown"}[machine["onednn"]]
     lines.append(f"machine: {machine['cpu']}, {machine['cores']} cores, TensorFlow {machine['tensorflow']}, "
-                 f"oneDNN {onednn}")
-    lines.append("matmul limit (float32, n x n, tf.function, best of 5):  "
-                 + "   ".join(f"n={r['n']}: {r['gflops']:.1f}" for r in matmul) + "  GFLOP/s")
+                 f"oneDNN {onednn}" + (f", flags {' '.join(machine['flags'])}" if machine.get("flags") else ""))
+    for precision, rows in matmul.items():
+        lines.append(f"matmul limit ({precision}, n x n, tf.function, best of 5):  "
+                     + "   ".join(f"n={r['n']}: {r['gflops']:.1f}" for r in rows) + "  GFLOP/s")
+    bf16 = result.get("bfloat16")
+    if bf16:
+        lines.append(f"bfloat16 training: {'on' if bf16['on'] else 'off'} by default ({bf16['why']})")
     sh = result["flops_shares"]
     lines.append(f"\nprofile {result['profile']}: {result['params'] / 1e6:.3f} M parameters, forward "
                  f"{result['forward_gflop_per_image']:.4f} GFLOP/image (conv {sh['conv']:.0%}, dense "
                  f"{sh['dense']:.0%}, attention {sh['attention']:.0%}, other {sh['other']:.0%})")
-    conv = result["conv"]
-    lines.append(f"conv 3x3 SAME at the U-Net's shapes (batch {conv['batch']}):")
-    lines.append(f"  {'level':>5} {'res':>4} {'ch':>4} {'GFLOP':>8} {'ms':>8} {'GFLOP/s':>8}")
-    for r in conv["levels"]:
+    convs = result["conv"]
+    first = next(iter(convs.values()))
+    lines.append(f"conv 3x3 SAME at the U-Net's shapes (batch {first['batch']}), GFLOP/s:")
+    lines.append(f"  {'level':>5} {'res':>4} {'ch':>4} {'GFLOP':>8} " + " ".join(f"{p:>9}" for p in convs))
+    for k, r in enumerate(first["levels"]):
         lines.append(f"  {r['level']:>5} {r['resolution']:>4} {r['channels']:>4} {r['gflop']:>8.3f} "
-                     f"{r['seconds'] * 1e3:>8.2f} {r['gflops']:>8.1f}")
-    lines.append(f"  conv limit (FLOP-weighted): {conv['limit_gflops']:.1f} GFLOP/s")
+                     + " ".join(f"{c['levels'][k]['gflops']:>9.1f}" for c in convs.values()))
+    lines.append("  conv limit (FLOP-weighted): "
+                 + ", ".join(f"{p} {c['limit_gflops']:.1f}" for p, c in convs.items()) + " GFLOP/s")
     if result.get("training"):
         any_run = next(iter(result["training"].values()))
         lines.append(f"training (batch {any_run['batch_size']}; achieved = img/s x 3 x forward GFLOP, "
-                     "backward ~ 2 forwards):")
-        lines.append(f"  {'mode':<9} {'steps':>5} {'1st step s':>10} {'img/s':>8} {'GFLOP/s':>8} "
-                     f"{'% conv':>7} {'peak MB':>8}")
-        for mode, r in result["training"].items():
-            lines.append(f"  {mode:<9} {r['steps']:>5} {r['first_step_s']:>10.2f} {r['images_per_s']:>8.1f} "
-                         f"{r['achieved_gflops']:>8.2f} {r['share_of_conv_limit']:>7.1%} {r['peak_rss_mb']:>8.0f}")
+                     "backward ~ 2 forwards; shares of the same precision's limits):")
+        lines.append(f"  {'mode':<9} {'precision':<9} {'steps':>5} {'1st step s':>10} {'img/s':>8} {'GFLOP/s':>8} "
+                     f"{'% conv':>7} {'% matmul':>8} {'peak MB':>8}")
+        for key, r in result["training"].items():
+            precision = r.get("precision", "float32")
+            mm = max(x["gflops"] for x in matmul.get(precision, matmul.get("float32")))
+            lines.append(f"  {r['mode']:<9} {precision:<9} {r['steps']:>5} {r['first_step_s']:>10.2f} "
+                         f"{r['images_per_s']:>8.1f} {r['achieved_gflops']:>8.2f} {r['share_of_conv_limit']:>7.1%} "
+                         f"{r['achieved_gflops'] / mm:>8.1%} {r['peak_rss_mb']:>8.0f}")
+    for precision, sp in result.get("step_profile", {}).items():
+        lines.append(f"where a compiled {precision} step spends its time (TensorFlow profiler, {sp['steps']} "
+                     f"steps; op time summed over threads: {sp['op_ms']:.0f} ms, wall {sp['step_ms']:.0f} ms "
+                     f"per step; one input batch {sp['input_batch_ms']:.2f} ms):")
+        lines.append("  " + "  ".join(f"{part} {ms / sp['op_ms']:.0%}" for part, ms in sp["ms_by_part"].items()))
     if result.get("sampling"):
         smp = result["sampling"]
         lines.append(f"sampling {smp['batch']} images (bound = steps x one compiled forward pass over "
@@ -379,11 +487,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/bench", help="folder for bench-<profile>.json and .png")
     parser.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="function", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args._worker:
         profile = (args.profile or ["tiny"])[-1]
-        print(json.dumps(train_worker(profile, args.mode, args.steps or 10)), flush=True)
+        print(json.dumps(train_worker(profile, args.mode, args.steps or 10, args.precision)), flush=True)
         return 0
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -393,13 +502,16 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     machine = machine_facts()
     t0 = time.perf_counter()
-    matmul = matmul_limit()
-    print(f"  matmul limit measured in {time.perf_counter() - t0:.1f} s", flush=True)
+    from .profiles import cpu_flags, resolve_precision
+    machine["flags"] = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
+    precisions = ("float32", "bfloat16") if resolve_precision("auto", gpu=False)[0] == "bfloat16" else ("float32",)
+    matmul = {p: matmul_limit(dtype=p) for p in precisions}
+    print(f"  matmul limits ({', '.join(precisions)}) measured in {time.perf_counter() - t0:.1f} s", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.profile or ["cpu", "tiny"]:
         result = bench_profile(name, steps=args.steps, modes=modes, sampling=not args.no_sampling,
-                               quick=args.quick, log=lambda s: print(s, flush=True))
+                               quick=args.quick, log=lambda s: print(s, flush=True), precisions=precisions)
         doc = {"machine": machine, "matmul": matmul, **result}
         (out / f"bench-{result['profile']}.json").write_text(json.dumps(doc, indent=1))
         plot_bench(out / f"bench-{result['profile']}.png", matmul, result)

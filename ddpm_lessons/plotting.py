@@ -130,23 +130,30 @@ class TrainingMonitor:
             self.preview(trainer, step)
 
 
-def plot_bench(path, matmul: list, result: dict) -> None:
-    """``python -m ddpm_lessons.bench``'s figure: achieved GFLOP/s per training mode against the
-    conv and matmul limits; sampling seconds against the bound steps x one forward pass."""
+def plot_bench(path, matmul: dict, result: dict) -> None:
+    """``python -m ddpm_lessons.bench``'s figure: achieved GFLOP/s per training mode and precision
+    against the conv and matmul limits of each precision; sampling seconds against the bound
+    steps x one forward pass. ``matmul``: {precision: matmul_limit rows}."""
     from matplotlib.figure import Figure          # no pyplot: works headless, leaves a notebook's backend alone
     has_sampling = bool(result.get("sampling"))
     fig = Figure(figsize=(12 if has_sampling else 6, 4.2))
     axes = fig.subplots(1, 2 if has_sampling else 1, squeeze=False)
     ax = axes[0, 0]
-    modes = list(result.get("training", {}))
-    ax.bar(modes, [result["training"][m]["achieved_gflops"] for m in modes], color="tab:blue")
-    ax.axhline(result["conv"]["limit_gflops"], color="tab:red", ls="--",
-               label=f"conv limit {result['conv']['limit_gflops']:.1f}")
-    best_mm = max(r["gflops"] for r in matmul)
-    ax.axhline(best_mm, color="tab:gray", ls=":", label=f"matmul limit {best_mm:.1f}")
+    runs = list(result.get("training", {}))
+    colors = {"float32": "tab:blue", "bfloat16": "tab:orange", "float16": "tab:green"}
+    precisions = [result["training"][k].get("precision", "float32") for k in runs]
+    ax.bar([k.replace("/", "\n") for k in runs], [result["training"][k]["achieved_gflops"] for k in runs],
+           color=[colors.get(p, "tab:gray") for p in precisions])
+    for precision, conv in result["conv"].items():
+        ax.axhline(conv["limit_gflops"], color=colors.get(precision, "tab:gray"), ls="--",
+                   label=f"{precision} conv limit {conv['limit_gflops']:.0f}")
+    for precision, rows in matmul.items():
+        best_mm = max(r["gflops"] for r in rows)
+        ax.axhline(best_mm, color=colors.get(precision, "tab:gray"), ls=":",
+                   label=f"{precision} matmul limit {best_mm:.0f}")
     ax.set_ylabel("GFLOP/s (img/s x 3 x forward GFLOP)")
     ax.set_title(f"{result['profile']}: training throughput")
-    ax.legend()
+    ax.legend(fontsize=7)
     if has_sampling:
         ax = axes[0, 1]
         rows = result["sampling"]["rows"]

@@ -14,7 +14,7 @@ run: ``settings.json`` (the profile's knobs, the data folder and a fingerprint o
 
 The command line is what ``make train`` and ``make generate`` call::
 
-    python -m ddpm_lessons.runs prepare [--data DIR] [--size S] [--steps N] [--fresh] [--continue]
+    python -m ddpm_lessons.runs prepare [--data DIR] [--size S] [--steps N] [--precision P] [--fresh] [--continue]
     python -m ddpm_lessons.runs generate RUN [-n 100] [--seed 0] [--out DIR]
 
 A user mistake (a missing or empty folder, no usable picture, a changed folder) ends the command
@@ -210,7 +210,7 @@ def new_run_folder(root, tag: str) -> Path:
 
 def prepare_run(root="runs", data=None, profile: Profile | None = None, image_size: int = 0,
                 steps: int = 0, fresh: bool = False, continue_changed: bool = False,
-                init_from: str = ""):
+                init_from: str = "", precision: str = ""):
     """Check the folder, then pick the run folder: returns ``(run_path, plan)``.
 
     data: a folder of pictures (None or "": the shipped emoji portraits). The folder is read
@@ -219,9 +219,13 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
     if the folder's files changed since it started, ``FolderChanged`` says what changed, unless
     ``continue_changed``. A new run gets the default step count for the folder's size
     (``default_train_steps``) unless ``steps`` is given, and a batch no larger than the folder.
+    ``precision`` ("float32", "bfloat16", "auto"; "" keeps the profile's) sets the training compute
+    of a new or a continued run (checkpoints hold float32 weights either way).
     """
     from .data import default_dataset_path
     profile = profile or get_profile()
+    if precision:
+        profile = profile.replace(precision=precision)          # Profile validates the value
     if image_size:
         profile = profile.replace(image_size=int(image_size))   # Profile validates the size
     folder = Path(data).expanduser() if data else default_dataset_path()
@@ -242,8 +246,9 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
                 f"(python -m ddpm_lessons.runs prepare --fresh), or go on training the run with CONTINUE=1 "
                 f"(--continue).")
         settings = saved["profile"]
-        if steps and int(steps) != settings.train_steps:
-            settings = settings.replace(train_steps=int(steps))
+        changes = {k: v for k, v in (("train_steps", int(steps)), ("precision", precision)) if v}
+        if any(getattr(settings, k) != v for k, v in changes.items()):
+            settings = settings.replace(**changes)
             saved["profile"] = dataclasses.asdict(settings)
             (run / "settings.json").write_text(json.dumps(saved, indent=1))
         plan.update(run=run, settings=settings, continued=True)
@@ -377,6 +382,7 @@ def main(argv=None) -> int:
     a.add_argument("--size", type=int, default=0, help="image size in pixels (default: the profile's)")
     a.add_argument("--steps", type=int, default=0, help="training steps (default: by the folder's size)")
     a.add_argument("--init", default="", help="'reference' = start from the shipped emoji weights")
+    a.add_argument("--precision", default="", help="training compute: auto (default), float32 or bfloat16")
     a.add_argument("--fresh", action="store_true", help="start a new run even if one is unfinished")
     a.add_argument("--continue", dest="continue_changed", action="store_true",
                    help="go on with an unfinished run although its folder changed")
@@ -400,7 +406,7 @@ def main(argv=None) -> int:
                                 "weights are the cpu profile's U-Net at 32x32")
             try:
                 run, plan = prepare_run(args.runs, args.data, profile, args.size, args.steps, args.fresh,
-                                        args.continue_changed, args.init)
+                                        args.continue_changed, args.init, args.precision)
             except ValueError as err:        # e.g. SIZE=30 that the U-Net cannot halve
                 raise UserError(str(err)) from None
             print(run)            # the notebook prints the folder's report and the plan

@@ -44,6 +44,7 @@ import tensorflow as tf
 from .forward import q_sample, velocity
 from .runs import locked_by_another
 from .schedule import NoiseSchedule
+from .unet import float32_copy
 
 
 @dataclass
@@ -171,8 +172,8 @@ class Trainer:
         self.model, self.schedule = model, schedule
         self.config = replace(config) if config else TrainConfig()   # a copy: jit is resolved below
         c = self.config
-        self.ema_model = keras.models.clone_model(model)
-        self.ema_model.set_weights(model.get_weights())
+        # The EMA model computes in float32 whatever the training policy: it is what we sample from.
+        self.ema_model = float32_copy(model)
         self.optimizer = keras.optimizers.Adam(WarmupSchedule(c.learning_rate, c.warmup_steps),
                                                global_clipnorm=c.grad_clip or None)
         self.mixed_precision = model.dtype_policy.compute_dtype == "float16"
@@ -210,23 +211,26 @@ class Trainer:
         """Algorithm 1 on one batch; returns (mean loss, weighted per-example loss (B,), t (B,))."""
         c = self.config
         batch = tf.shape(x0)[0]
-        t = self.rng.uniform([batch], 0, self.schedule.T, dtype=tf.int32)
-        noise = self.rng.normal(tf.shape(x0), dtype=x0.dtype)
-        x_t = q_sample(x0, t, noise, self.schedule)
-        target = noise if c.prediction == "eps" else velocity(x0, noise, t, self.schedule)
-        weight = tf.cast(loss_weight(t, self.schedule, c.prediction, c.loss_weighting, c.snr_gamma),
-                         x0.dtype)
+        with tf.name_scope("noising"):      # the scopes name the parts of the bench's step profile
+            t = self.rng.uniform([batch], 0, self.schedule.T, dtype=tf.int32)
+            noise = self.rng.normal(tf.shape(x0), dtype=x0.dtype)
+            x_t = q_sample(x0, t, noise, self.schedule)
+            target = noise if c.prediction == "eps" else velocity(x0, noise, t, self.schedule)
+            weight = tf.cast(loss_weight(t, self.schedule, c.prediction, c.loss_weighting, c.snr_gamma),
+                             x0.dtype)
         with tf.GradientTape() as tape:
             out = tf.cast(self.model([x_t, t], training=True), x0.dtype)
-            per_example = weight * tf.reduce_mean(tf.square(target - out), axis=[1, 2, 3])
-            loss = tf.reduce_mean(per_example)
-            scaled = self.optimizer.scale_loss(loss) if self.mixed_precision else loss
+            with tf.name_scope("loss"):
+                per_example = weight * tf.reduce_mean(tf.square(target - out), axis=[1, 2, 3])
+                loss = tf.reduce_mean(per_example)
+                scaled = self.optimizer.scale_loss(loss) if self.mixed_precision else loss
         grads = tape.gradient(scaled, self.model.trainable_variables)
         self.optimizer.apply(grads, self.model.trainable_variables)
-        n = tf.cast(self.step, tf.float32)
-        decay = tf.minimum(self.config.ema_decay, (1.0 + n) / (10.0 + n))
-        for ema_w, w in zip(self.ema_model.trainable_variables, self.model.trainable_variables):
-            ema_w.assign(decay * ema_w + (1.0 - decay) * w)
+        with tf.name_scope("ema_update"):
+            n = tf.cast(self.step, tf.float32)
+            decay = tf.minimum(self.config.ema_decay, (1.0 + n) / (10.0 + n))
+            for ema_w, w in zip(self.ema_model.trainable_variables, self.model.trainable_variables):
+                ema_w.assign(decay * ema_w + (1.0 - decay) * w)
         self.step.assign_add(1)
         return loss, per_example, t
 

@@ -23,6 +23,7 @@ Call it as ``model([x_t, t])`` with both tensors or both NumPy arrays (Keras ref
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import keras
@@ -32,17 +33,16 @@ from .attention import SelfAttention2D
 from .blocks import GN_EPSILON, Downsample, ResidualBlock, TimeEmbedding, Upsample
 
 UNET_KEYS = ("image_size", "channels", "base_width", "channel_mults", "num_res_blocks",
-             "attention_resolutions", "dropout", "groups", "mixed_precision")
+             "attention_resolutions", "dropout", "groups")
 DEFAULTS = dict(image_size=32, channels=3, base_width=32, channel_mults=(1, 2, 2),
-                num_res_blocks=1, attention_resolutions=(8,), dropout=0.0, groups=8,
-                mixed_precision=False)
+                num_res_blocks=1, attention_resolutions=(8,), dropout=0.0, groups=8)
 
 
 def unet_config(profile_or_kwargs=None, **overrides) -> dict:
     """The U-Net knobs as a plain dict, from a Profile, a dict, or None (-> ``get_profile()``).
 
     Keys: image_size, channels, base_width, channel_mults, num_res_blocks,
-    attention_resolutions, dropout, groups, mixed_precision (+ num_heads, mid_attention, scale_shift).
+    attention_resolutions, dropout, groups (+ num_heads, mid_attention, scale_shift).
     Extra keys in a dict or profile (batch size, ...) are ignored; ``overrides`` win.
     """
     if profile_or_kwargs is None:
@@ -96,23 +96,53 @@ def level_table(profile_or_kwargs=None, **overrides) -> list[dict]:
     return rows
 
 
-def build_unet(profile_or_kwargs=None, name: str = "unet", **overrides) -> keras.Model:
+POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def build_unet(profile_or_kwargs=None, name: str = "unet", precision: str = "float32", **overrides) -> keras.Model:
     """A ``keras.Model`` mapping ``[x_t (B, H, W, C), t (B,)]`` to predicted noise (B, H, W, C).
 
     ``profile_or_kwargs``: a Profile, a dict of U-Net knobs, or None for ``get_profile()``;
     keyword ``overrides`` change single knobs (``build_unet(profile, base_width=64)``).
-    With ``mixed_precision`` the layers compute in float16 (weights stay float32, Keras's
-    "mixed_float16" policy); the output layer stays float32.
+    ``precision``: what the layers compute in: "float32" (the default: sampling and evaluation),
+    or, for *training*, "bfloat16" / "float16" (Keras's "mixed_bfloat16" / "mixed_float16"
+    policies: weights stay float32, the output layer computes in float32). The profile's
+    ``precision`` knob is resolved by ``profiles.resolve_precision`` and passed here by the trainers.
     """
     cfg = unet_config(profile_or_kwargs, **overrides)
-    if cfg["mixed_precision"]:
-        previous = keras.config.dtype_policy()
-        keras.config.set_dtype_policy("mixed_float16")
-        try:
-            return _build(cfg, name)
-        finally:
-            keras.config.set_dtype_policy(previous)
-    return _build(cfg, name)
+    if precision not in POLICIES:
+        raise ValueError(f"precision = {precision!r} must be one of {tuple(POLICIES)}")
+    with dtype_policy(POLICIES[precision]):
+        return _build(cfg, name)
+
+
+@contextlib.contextmanager
+def dtype_policy(policy: str):
+    """Keras's global dtype policy set to ``policy`` inside the ``with`` block, and put back after:
+    layers built inside compute in it (sub-layers too, which a layer's own ``dtype`` does not reach)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` (its weights too) whose every layer computes in float32.
+
+    For sampling from a network trained under a mixed policy: its first sampling steps multiply
+    the network's error (x0_hat = (x_t - sigma eps_hat) / alpha), so bfloat16's 8-bit mantissa is
+    not enough there. Weights are float32 under every policy, so nothing is lost by the copy."""
+    def clone(layer):
+        config = layer.get_config()
+        if not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+    with dtype_policy("float32"):
+        copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _build(cfg, name):

@@ -67,8 +67,9 @@ def test_tiny_unet_flops_match_a_hand_count():
 
 
 def test_worker_reports_every_key_with_positive_values():
-    result = run_worker("tiny", "function", steps=2)
+    result = run_worker("tiny", "function", steps=2, precision="bfloat16")   # emulated without the flag
     assert result["profile"] == "tiny" and result["mode"] == "function" and result["steps"] == 2
+    assert result["precision"] == "bfloat16"
     assert result["batch_size"] == PROFILES["tiny"].batch_size
     for key in ("first_step_s", "step_s", "best_step_s", "images_per_s", "peak_rss_mb", "loss"):
         assert result[key] > 0, key
@@ -76,18 +77,60 @@ def test_worker_reports_every_key_with_positive_values():
 
 
 def test_report_and_figure_from_a_result(tmp_path):
-    matmul = [{"n": 512, "gflop": 0.27, "seconds": 0.01, "gflops": 27.0}]
+    matmul = {"float32": [{"n": 512, "gflop": 0.27, "seconds": 0.01, "gflops": 27.0}],
+              "bfloat16": [{"n": 512, "gflop": 0.27, "seconds": 0.005, "gflops": 54.0}]}
+    level = {"level": 0, "resolution": 16, "channels": 16, "gflop": 0.02, "seconds": 1e-3, "gflops": 20.0}
     result = {"profile": "tiny", "params": 1000, "forward_gflop_per_image": 0.04,
               "flops_shares": {"conv": 0.9, "dense": 0.05, "attention": 0.03, "other": 0.02},
-              "conv": {"batch": 16, "limit_gflops": 30.0, "levels": [
-                  {"level": 0, "resolution": 16, "channels": 16, "gflop": 0.02, "seconds": 1e-3, "gflops": 20.0}]},
-              "training": {"function": {"batch_size": 16, "steps": 2, "first_step_s": 5.0, "images_per_s": 100.0,
-                                        "achieved_gflops": 12.0, "share_of_conv_limit": 0.4, "peak_rss_mb": 700}},
+              "conv": {"float32": {"batch": 16, "limit_gflops": 30.0, "levels": [level]},
+                       "bfloat16": {"batch": 16, "limit_gflops": 60.0, "levels": [{**level, "gflops": 40.0}]}},
+              "bfloat16": {"on": True, "why": "this CPU has avx512_bf16"},
+              "training": {"function/float32": {"mode": "function", "precision": "float32", "batch_size": 16,
+                                                "steps": 2, "first_step_s": 5.0, "images_per_s": 100.0,
+                                                "achieved_gflops": 12.0, "share_of_conv_limit": 0.4,
+                                                "peak_rss_mb": 700},
+                           "function/bfloat16": {"mode": "function", "precision": "bfloat16", "batch_size": 16,
+                                                 "steps": 2, "first_step_s": 5.0, "images_per_s": 150.0,
+                                                 "achieved_gflops": 18.0, "share_of_conv_limit": 0.3,
+                                                 "peak_rss_mb": 700}},
+              "step_profile": {"float32": {"steps": 3, "step_ms": 100.0, "op_ms": 180.0, "input_batch_ms": 0.1,
+                                           "ms_by_part": {"convolutions": 120.0, "optimizer": 60.0}}},
               "sampling": {"batch": 32, "forward_s": 0.03, "rows": [
                   {"sampler": "ddim", "eta": 0.0, "steps": 10, "seconds": 0.33, "bound_s": 0.3, "ratio": 1.1,
                    "note": ""}]}}
     machine = {"cpu": "test cpu", "cores": 2, "tensorflow": tf.__version__, "onednn": True}
     text = format_report(machine, matmul, result)
     assert "profile tiny" in text and "conv limit" in text and "ddim eta=0" in text
+    assert "float32 30.0, bfloat16 60.0" in text and "bfloat16 training: on" in text
+    lines = text.splitlines()
+    bf16_row = next(line for line in lines if line.split()[:2] == ["function", "bfloat16"])
+    assert "30.0%" in bf16_row and "33.3%" in bf16_row, "shares against the bfloat16 limits (60 conv, 54 matmul)"
+    assert "convolutions 67%" in text and "optimizer 33%" in text
     plot_bench(tmp_path / "b.png", matmul, result)
     assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_step_parts_name_what_an_op_belongs_to():
+    from ddpm_lessons.bench import step_part
+    assert step_part("ExecutorState::Process") is None and step_part("ParallelFor") is None
+    assert step_part("gradient_tape/unet_1/up0_res1_1/conv_1/convolution/Conv2DBackpropFilter:"
+                     "_MklNativeConv2DBackpropFilter") == "convolutions"
+    assert step_part("unet_1/down1_attn0_1/norm_1/Reshape:Reshape") == "GroupNorm"
+    assert step_part("unet_1/mid_attn_1/einsum/Einsum:BatchMatMulV2") == "attention"
+    assert step_part("unet_1/down0_res0_1/Silu:_MklSwish") == "other network ops"
+    assert step_part("adam/Sqrt_138:Sqrt") == "optimizer"
+    assert step_part("ema_update/AssignVariableOp_3:AssignVariableOp") == "EMA update"
+    assert step_part("noising/stateful_normal/StatelessRandomNormalV2:StatelessRandomNormalV2") \
+        == "noising and loss"
+
+
+def test_step_profile_finds_every_part_of_a_real_step():
+    """The profiler trace of the tiny U-Net's step: every part took time, convolutions the most of
+    the network's parts (they hold >80% of its FLOPs), and nothing fell outside the parts."""
+    from ddpm_lessons.bench import STEP_PARTS, profile_step
+    result = profile_step(PROFILES["tiny"], "float32", steps=2)
+    ms = result["ms_by_part"]
+    assert set(ms) == set(STEP_PARTS) and all(ms[p] > 0 for p in STEP_PARTS), ms
+    assert ms["convolutions"] > max(ms["GroupNorm"], ms["attention"])
+    assert abs(sum(ms.values()) - result["op_ms"]) < 1e-6 and result["step_ms"] > 0
+    assert 0 < result["input_batch_ms"] < result["step_ms"]

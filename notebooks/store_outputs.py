@@ -5,11 +5,19 @@
 Stored outputs are what a learner on a laptop sees: run with DDPM_PROFILE=cpu.
 After execution TensorFlow's start-up log lines (stderr) are removed, and any output that
 shows a machine path is reported, since stored outputs must not contain one.
+
+Each lesson is also run once in the `tiny` profile (not stored), and both wall times go into
+`timings.json` and into the line "Runs in about ..." under the lesson's title, so what a lesson
+says about its own run time comes from one measurement and cannot drift from it.
 """
+import json
 import os
+import platform
 import re
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import nbformat
@@ -60,16 +68,74 @@ def clean(path: Path) -> list[str]:
     return problems
 
 
+RUN_TIME = re.compile(r"^> \*\*Runs in about .*$", re.M)
+
+
+def duration(seconds: float) -> str:
+    """"40 seconds", "about 3 minutes", "about 12 minutes"."""
+    if seconds < 90:
+        return f"{max(5, 5 * round(seconds / 5)):.0f} seconds"
+    return f"{round(seconds / 60):.0f} minutes"
+
+
+def run_time_line(cpu_s: float, tiny_s: float, cpu: str, cores: int) -> str:
+    return (f"> **Runs in about {duration(cpu_s)}** in the `cpu` profile and {duration(tiny_s)} in `tiny` "
+            f"(measured by `make notebooks` on a {cores}-core {cpu}; another machine, or other work running "
+            f"on this one, changes both).")
+
+
+def set_run_time(path: Path, line: str) -> None:
+    """Put ``line`` under the title in the first (markdown) cell, replacing an older one."""
+    nb = nbformat.read(path, as_version=4)
+    cell = nb.cells[0]
+    if RUN_TIME.search(cell.source):
+        cell.source = RUN_TIME.sub(line, cell.source)
+    else:
+        title, _, rest = cell.source.partition("\n")
+        cell.source = f"{title}\n\n{line}\n" + ("\n" + rest.lstrip("\n") if rest.strip() else "")
+    nbformat.write(nb, path)
+
+
+def execute(path: Path, env: dict, output: Path | None = None) -> float:
+    """Run a notebook with nbconvert (in place, or into ``output``); returns the wall time in seconds."""
+    target = ["--inplace"] if output is None else ["--output", str(output)]
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", *target,
+                    "--ExecutePreprocessor.timeout=3600", path.name],
+                   cwd=HERE, env=env, check=True, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return re.sub(r"\s+\d+-Core Processor|\(R\)|\(TM\)", "", line.split(":", 1)[1]).strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
+
+
 def main(names):
     paths = [HERE / n for n in names] if names else sorted(HERE.glob("[0-9][0-9]_*.ipynb"))
     env = dict(os.environ, DDPM_PROFILE=os.environ.get("DDPM_PROFILE", "cpu"))
+    timings_file = HERE / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     problems = []
     for p in paths:
+        print(f"running {p.name} (DDPM_PROFILE=tiny, timed, not stored) ...", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            tiny_s = execute(p, dict(env, DDPM_PROFILE="tiny"), Path(tmp) / p.name)
         print(f"running {p.name} (DDPM_PROFILE={env['DDPM_PROFILE']}) ...", flush=True)
-        subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
-                        "--inplace", "--ExecutePreprocessor.timeout=3600", p.name],
-                       cwd=HERE, env=env, check=True, stderr=subprocess.DEVNULL)
+        cpu_s = execute(p, env)
         problems += clean(p)
+        if env["DDPM_PROFILE"] == "cpu":
+            timings[p.name] = {"cpu_s": round(cpu_s, 1), "tiny_s": round(tiny_s, 1), "cores": cores,
+                               "cpu": cpu_name(), "date": time.strftime("%Y-%m-%d")}
+            timings_file.write_text(json.dumps(timings, indent=1, sort_keys=True) + "\n")
+            set_run_time(p, run_time_line(cpu_s, tiny_s, timings[p.name]["cpu"], cores))
+        print(f"  {p.name}: {cpu_s:.0f} s ({env['DDPM_PROFILE']}), {tiny_s:.0f} s (tiny)", flush=True)
     print("\n".join(problems) or "stored outputs are clean")
     return 1 if problems else 0
 

@@ -8,7 +8,9 @@
 #                        INIT=reference starts from the shipped emoji weights,
 #                        PRECISION=float32 turns bfloat16 training off (default auto: bfloat16
 #                        where the CPU has AVX512_BF16 or AMX),
-#                        RUNS=dir keeps run folders somewhere else than runs/
+#                        RUNS=dir keeps run folders somewhere else than runs/,
+#                        PROGRESS=lines|bar: training progress as a line every 10 s or one line that
+#                        updates (default: bar in a terminal, lines into a file or a pipe)
 #   make generate RUN=runs/<run> N=100   N new PNG files from a run's EMA weights (SEED=0)
 #   make test            set up .venv if needed, run the unit tests and every notebook (tiny profile)
 #   make lab             set up .venv if needed, open JupyterLab at the course
@@ -31,6 +33,7 @@ RUNS ?= runs
 DATA ?=
 SIZE ?= 0
 CONTINUE ?= 0
+PROGRESS ?=
 RUN ?=
 N ?= 100
 SEED ?= 0
@@ -48,15 +51,17 @@ $(STAMP): pyproject.toml
 
 # Lesson 09 headless. First `runs prepare` reads the folder (a bad one stops here, before any run
 # folder exists) and picks the run folder: the unfinished run on the same data, profile and size, or
-# a new one. Then papermill streams the notebook's output here and saves the executed copy in the
-# run folder, next to its checkpoints, samples and results.
+# a new one. Then `runs execute` has papermill run the notebook: what it prints comes here as it is
+# printed, and the executed copy (with its figures) is saved in the run folder, next to its
+# checkpoints, samples and results. The notebook's kernel cannot see the terminal, so the training
+# progress style goes to it in DDPM_PROGRESS: `test -t 1` says whether our output is a terminal.
 train: $(STAMP)
 	@run=$$(DDPM_PROFILE=$(PROFILE) $(BIN)/python -m ddpm_lessons.runs prepare --runs "$(RUNS)" \
 	  --data "$(DATA)" --size $(SIZE) --steps $(STEPS) --init "$(INIT)" --precision "$(PRECISION)" \
 	  $(if $(filter 1,$(FRESH)),--fresh) $(if $(filter 1,$(CONTINUE)),--continue)) || exit 2; \
+	progress="$(PROGRESS)"; test -n "$$progress" || { test -t 1 && progress=bar || progress=lines; }; \
 	echo "run folder: $$run" && \
-	DDPM_PROFILE=$(PROFILE) $(BIN)/papermill notebooks/09_full_training.ipynb $$run/09_full_training.ipynb \
-	  --cwd notebooks --log-output --no-progress-bar -p run_dir "$$(cd $$run && pwd)"
+	DDPM_PROFILE=$(PROFILE) DDPM_PROGRESS=$$progress $(BIN)/python -m ddpm_lessons.runs execute "$$run"
 
 generate: $(STAMP)
 	@test -n "$(RUN)" || { echo "error: name a run folder: make generate RUN=runs/<run> N=100" >&2; exit 2; }

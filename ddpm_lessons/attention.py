@@ -10,8 +10,9 @@ position look at every other one:
     out      = x + (o W_o + b_o)                  reshaped back to (B, H, W, C)
 
 The residual adds the *un-normalised* input x. W_o starts at zero (Ho et al.), so a fresh
-block is the identity. The N x N map A costs O(N^2 C) time and O(N^2) memory per head:
-16x more at 32x32 than at 16x16, which is why the U-Net only attends at low resolutions.
+block is the identity. The N x N map A costs 2 x 2 N^2 C FLOPs (q k^T, then A v; any number of
+heads) and N^2 numbers of memory per head: 16x more at 32x32 than at 16x16, which is why the U-Net
+only attends at low resolutions (lesson 05 counts it in the traced graph).
 ``to_multi_head_attention`` copies the weights into ``keras.layers.MultiHeadAttention``,
 which computes the same thing (lesson 05 checks it).
 """
@@ -86,6 +87,8 @@ def to_multi_head_attention(layer: SelfAttention2D) -> layers.MultiHeadAttention
 
     With ``h = GroupNorm(x)`` flattened to (B, N, C), ``x + mha(h, h)`` equals ``layer(x)``.
     Keras stores W_q as (C, heads, d) and W_o as (heads, d, C); ours are (C, C) Dense kernels.
+    The weights go in through the layer's public sub-layers ``query_dense``, ``key_dense``,
+    ``value_dense`` and ``output_dense`` (each an ``EinsumDense`` with ``kernel`` and ``bias``).
     """
     if not layer.built:
         raise ValueError("build or call the SelfAttention2D layer first")
@@ -93,10 +96,10 @@ def to_multi_head_attention(layer: SelfAttention2D) -> layers.MultiHeadAttention
     mha = layers.MultiHeadAttention(num_heads=nh, key_dim=d, value_dim=d, output_shape=c,
                                     name=f"{layer.name}_as_mha")
     mha.build((None, None, c), (None, None, c))
-    for ours, theirs in ((layer.query, mha._query_dense), (layer.key, mha._key_dense),
-                         (layer.value, mha._value_dense)):
+    for ours, theirs in ((layer.query, mha.query_dense), (layer.key, mha.key_dense),
+                         (layer.value, mha.value_dense)):
         theirs.kernel.assign(ops.reshape(ours.kernel, (c, nh, d)))
         theirs.bias.assign(ops.reshape(ours.bias, (nh, d)))
-    mha._output_dense.kernel.assign(ops.reshape(layer.proj.kernel, (nh, d, c)))
-    mha._output_dense.bias.assign(layer.proj.bias)
+    mha.output_dense.kernel.assign(ops.reshape(layer.proj.kernel, (nh, d, c)))
+    mha.output_dense.bias.assign(layer.proj.bias)
     return mha

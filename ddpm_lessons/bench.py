@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -313,8 +314,8 @@ STEP_PARTS = ("convolutions", "GroupNorm", "attention", "other network ops", "op
 
 def step_part(event_name: str) -> str | None:
     """What a profiler op event ("scope/path:OpType") belongs to; None for events that are not ops."""
-    if "::" in event_name or ":" not in event_name:
-        return None
+    if not re.fullmatch(r"[\w./-]+:\w+", event_name):   # not an op: "ExecutorState::Process",
+        return None                                  # "EagerLocalExecute: __inference_...", "ParallelFor"
     path, op_type = event_name.rsplit(":", 1)
     head = path.split("/")[0]
     if head.startswith("ema_update"):

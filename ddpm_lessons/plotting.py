@@ -82,8 +82,9 @@ class TrainingMonitor:
     EMA network every ``preview_every`` steps (also saved as ``previews/step-NNNNNN.png``).
 
     ``sample_fn(ema_model) -> images in [-1, 1]`` draws the preview (fixed seed: the grids are
-    comparable from one preview to the next). Each preview also prints one line, which is what
-    a headless run (``make train``) shows in the terminal.
+    comparable from one preview to the next). Each preview also prints one line naming the file it
+    was saved in, which is what a headless run (``make train``) shows in the terminal; under a
+    progress bar (``trainer.progress_mode == "bar"``) the line starts on a fresh line.
     """
 
     def __init__(self, sample_fn, preview_every: int, plot_every: int = 50, save_dir=None, ncols=8):
@@ -111,16 +112,19 @@ class TrainingMonitor:
     def preview(self, trainer, step):
         import matplotlib.pyplot as plt
         images = self.sample_fn(trainer.ema_model)
+        where = "samples drawn from the EMA weights"
         if self.save_dir is not None:
             from pathlib import Path
             folder = Path(self.save_dir) / "previews"
             folder.mkdir(parents=True, exist_ok=True)
             save_grid(folder / f"step-{step:06d}.png", images, self.ncols)
+            where = f"EMA samples saved in previews/step-{step:06d}.png"
         n = len(images)
         fig, ax = plt.subplots(figsize=(self.ncols * 0.8, -(-n // self.ncols) * 0.8 + 0.4))
         show_images(images, self.ncols, title=f"EMA samples at step {step}", ax=ax)
         self._show(self.grid_view, fig)
-        print(f"[preview] step {step}: samples drawn from the EMA weights", flush=True)
+        fresh_line = "\n" if getattr(trainer, "progress_mode", None) == "bar" else ""   # not after the bar
+        print(f"{fresh_line}[preview] step {step}: {where}", flush=True)
 
     def __call__(self, trainer, logs):
         step = logs["step"]
@@ -171,3 +175,102 @@ def plot_bench(path, matmul: dict, result: dict) -> None:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def unet_skips(model) -> dict:
+    """{concat layer name: name of the layer whose output it takes from the skip stack} for a U-Net
+    built by ``unet.build_unet``. Public Keras API only: a concat's ``input`` is the list [h, skip] of
+    tensors it was called on, and each of them is some layer's ``output``."""
+    producer = {id(layer.output): layer.name for layer in model.layers}
+    skips = {}
+    for layer in model.layers:
+        if "concat" in layer.name:
+            source = producer.get(id(layer.input[1]))
+            if source is None:
+                raise ValueError(f"{layer.name}: its second input is not the output of a layer of {model.name}")
+            skips[layer.name] = source
+    return skips
+
+
+def draw_unet(model, ax=None):
+    """A built U-Net drawn as a U; returns the matplotlib Axes.
+
+    One dot per layer output, in the order the layers run (x); the height is the resolution (log2
+    scale), the dot's area grows with its channels, blue = down path, red = middle, green = up path;
+    grey arcs join each stored map to the concat that reads it (``unet_skips``); "attn" marks
+    self-attention. Each level is labelled with its width. Reads only public Keras API (``layers``,
+    ``layer.output.shape``, ``layer.input``), and the layer names of ``unet.build_unet``.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    drawn = [l for l in model.layers if l.name not in ("x_t", "t", "time_embedding")]
+    pos = {l.name: i for i, l in enumerate(drawn)}
+    res = {l.name: int(l.output.shape[1]) for l in drawn}
+    ch = {l.name: int(l.output.shape[-1]) for l in drawn}
+    y = {n: np.log2(r) for n, r in res.items()}                       # height = log2(resolution)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(12, 4.4))
+    span = len(drawn)
+    for concat, src in unet_skips(model).items():  # a skip: an arc from the stored map to its concat
+        s = np.linspace(0, 1, 50)
+        xs = pos[src] + s * (pos[concat] - pos[src])
+        ax.plot(xs, y[src] + 1.2 * (pos[concat] - pos[src]) / span * np.sin(np.pi * s),
+                color="0.6", lw=0.8, zorder=0)
+    part = {n: "down" if n.startswith("down") or n == "conv_in" else "mid" if n.startswith("mid") else "up"
+            for n in pos}
+    colours = {"down": "tab:blue", "mid": "tab:red", "up": "tab:green"}
+    ax.plot(list(pos.values()), [y[n] for n in pos], color="0.3", lw=0.8, zorder=1)
+    ax.scatter(list(pos.values()), [y[n] for n in pos], s=[ch[n] * 1.5 for n in pos],
+               c=[colours[part[n]] for n in pos], zorder=2)
+    for n in pos:
+        if "attn" in n:
+            ax.annotate("attn", (pos[n], y[n]), textcoords="offset points", xytext=(0, -14),
+                        ha="center", fontsize=7)
+    # the levels: each resolution's tick names its level and width (its first residual block's channels)
+    width = {res[n]: (n[len("down"):n.index("_")], ch[n]) for n in pos if n.startswith("down") and n.endswith("_res0")}
+    sizes = sorted(set(res.values()))
+    ax.set_yticks(np.log2(sizes), [f"{r}x{r}" + (f"\nlevel {width[r][0]}: {width[r][1]} ch" if r in width else "")
+                                   for r in sizes], fontsize=8)
+    if "mid_res0" in pos:
+        middle = [pos[n] for n in pos if part[n] == "mid"]
+        ax.annotate(f"middle: {ch['mid_res0']} ch", (np.mean(middle), y["mid_res0"]), textcoords="offset points",
+                    xytext=(0, -26), ha="center", fontsize=7, color="tab:red")
+    ax.set_ylim(np.log2(sizes[0]) - 0.6, np.log2(sizes[-1]) + 1.4)
+    ax.set_xlim(-1, span)
+    ax.set_xlabel("layer, in the order they run")
+    ax.set_ylabel("resolution")
+    handles = [Line2D([], [], marker="o", ls="", color=c, label=f"{p} path" if p != "mid" else "middle")
+               for p, c in colours.items()] + [Line2D([], [], color="0.6", label="skip connection")]
+    ax.legend(handles=handles, fontsize=7, loc="upper right")
+    ax.set_title(f"{model.name}: dot area ~ channels; arcs = skip connections")
+    return ax
+
+
+def animated_gif(frames, labels=None, ncols: int = 8, scale: int = 3, ms: int = 150, last_ms: int = 1500) -> bytes:
+    """An animated GIF, as bytes, with one image grid per frame; it loops, holding the last frame.
+
+    ``frames``: (F, N, H, W, C) uint8 or [-1, 1] floats; frame f is ``image_grid(frames[f], ncols)``
+    enlarged ``scale`` times (nearest pixel), under its text ``labels[f]`` if given. Each frame shows
+    for ``ms`` milliseconds, the last for ``last_ms``. Pillow only, no network resource: show it in a
+    notebook with ``IPython.display.Image(data=gif, format="gif")`` or write it to a ``.gif`` file.
+    """
+    from io import BytesIO
+    from PIL import Image, ImageDraw, ImageFont
+    try:
+        font = ImageFont.load_default(size=11 if scale < 3 else 14)
+    except TypeError:                              # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    band = 0 if labels is None else 18
+    pictures = []
+    for f, frame in enumerate(frames):
+        grid = Image.fromarray(image_grid(frame, ncols)).convert("RGB")
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+        picture = Image.new("RGB", (grid.width, grid.height + band), "white")
+        picture.paste(grid, (0, band))
+        if labels is not None:
+            ImageDraw.Draw(picture).text((2, 1), str(labels[f]), fill="black", font=font)
+        pictures.append(picture)
+    out = BytesIO()
+    pictures[0].save(out, format="GIF", save_all=True, append_images=pictures[1:], loop=0,
+                     duration=[ms] * (len(pictures) - 1) + [last_ms])
+    return out.getvalue()

@@ -11,10 +11,12 @@ run: ``settings.json`` (the profile's knobs, the data folder and a fingerprint o
     default_train_steps  how many steps for a folder of N images (a cap on passes over the data)
     estimate_seconds     the run's time from a few measured steps and sampler evaluations
     generate_pngs        N new PNG files from a run's EMA weights, finished or not
+    execute_notebook     lesson 09 headless on a prepared run folder: what it prints, as it prints it
 
 The command line is what ``make train`` and ``make generate`` call::
 
     python -m ddpm_lessons.runs prepare [--data DIR] [--size S] [--steps N] [--precision P] [--fresh] [--continue]
+    python -m ddpm_lessons.runs execute RUN [--progress bar|lines]
     python -m ddpm_lessons.runs generate RUN [-n 100] [--seed 0] [--out DIR]
 
 A user mistake (a missing or empty folder, no usable picture, a changed folder) ends the command
@@ -291,7 +293,10 @@ def describe_run(run) -> str:
              f"  training    {s.train_steps} steps of {s.batch_size} images = "
              f"{s.train_steps * s.batch_size / n:.0f} passes over the data",
              f"  previews    every {s.preview_every} steps with {describe_sampler(s)}; checkpoints every "
-             f"{s.checkpoint_every} steps"]
+             f"{s.checkpoint_every} steps",
+             f"  network     base width {s.base_width}, width mults {','.join(map(str, s.channel_mults))}, "
+             f"{s.num_res_blocks} res block{'s' * (s.num_res_blocks != 1)} per level; {s.schedule} schedule, "
+             f"learning rate {s.learning_rate:g}, EMA decay {s.ema_decay:g}"]
     lines += [f"  note: {note}" for note in saved.get("notes", [])]
     return "\n".join(lines)
 
@@ -370,6 +375,104 @@ def generate_pngs(run, num_images: int = 100, seed: int = 0, out=None, progress:
     return save_pngs(images, out, prefix=f"seed{seed}_step{step}", grayscale=saved.get("grayscale", False))
 
 
+# ----------------------------------------------------------------------------- lesson 09 headless
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "09_full_training.ipynb"
+
+# TensorFlow logs these at start-up through absl before its log level is set up, so
+# TF_CPP_MIN_LOG_LEVEL cannot silence them: "WARNING: All log messages before absl::InitializeLog()
+# ..." and info lines such as "I0000 00:00:1795697619.978619  7672 port.cc:153] oneDNN custom ...".
+TF_STARTUP_LINE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|I\d{4} [\d:. ]+\d+ \S+:\d+\] )")
+
+
+class StartupLineFilter:
+    """A writable stream for the notebook's stderr: passes whole lines on to ``out``, except
+    TensorFlow's start-up lines (``TF_STARTUP_LINE``); its warnings and errors go through."""
+
+    def __init__(self, out):
+        self.out, self.pending = out, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        kept = [line for line in lines if not TF_STARTUP_LINE.match(line)]
+        if kept:
+            self.out.write("\n".join(kept) + "\n")
+        return len(text)
+
+    def flush(self):
+        self.out.flush()
+
+    def close(self):
+        if self.pending and not TF_STARTUP_LINE.match(self.pending):
+            self.out.write(self.pending)
+        self.pending = ""
+        self.out.flush()
+
+
+def execute_notebook(run, notebook=NOTEBOOK, progress: str = "") -> int:
+    """Run lesson 09 headless on a run folder made by ``prepare_run`` (what ``make train`` does).
+
+    papermill executes ``notebook`` into ``<run>/09_full_training.ipynb`` with ``run_dir`` set.
+    What the notebook prints reaches this process's stdout and stderr as it is printed (no cell
+    markers; TensorFlow's start-up lines left out); its figures and the form stay in the saved
+    notebook. The kernel's own log (e.g. jupyter's notice that it talks over local TCP) and the
+    second copy of the native libraries' output that ipykernel writes there go to ``<run>/kernel.log``.
+    ``progress`` ("bar" or "lines") is passed to the kernel in ``DDPM_PROGRESS`` (``Trainer.fit``);
+    by default the environment's, else "bar" when stdout is a terminal. Returns the exit status:
+    0, 1 when a cell failed (its traceback is printed), 130 when interrupted.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+    shown_as = str(run)                                    # as the user named it
+    run, notebook = Path(run).resolve(), Path(notebook).resolve()
+    if not (run / "settings.json").exists():
+        raise UserError(f"{run} is not a run folder (it has no settings.json): make one with "
+                        "python -m ddpm_lessons.runs prepare")
+    progress = progress or os.environ.get("DDPM_PROGRESS") or ("bar" if sys.stdout.isatty() else "lines")
+    if progress not in ("bar", "lines"):
+        raise UserError(f"progress {progress!r}: give bar (a line that updates) or lines (a line every 10 s)")
+    os.environ["DDPM_PROGRESS"] = progress                 # the kernel inherits the environment
+    sys.stdout.flush(); sys.stderr.flush()
+    # The kernel inherits file descriptors 1 and 2: point them at kernel.log while it runs, and
+    # write the notebook's output (and this process's own messages) to copies of the originals.
+    saved_fds = os.dup(1), os.dup(2)
+    out = open(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace")
+    err = open(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    notebook_err = StartupLineFilter(err)
+    saved_streams = sys.stdout, sys.stderr
+    t0 = time.perf_counter()
+    with open(run / "kernel.log", "ab") as log:
+        os.dup2(log.fileno(), 1); os.dup2(log.fileno(), 2)
+        sys.stdout, sys.stderr = out, err
+        try:
+            papermill.execute_notebook(str(notebook), str(run / notebook.name), parameters={"run_dir": str(run)},
+                                       cwd=str(notebook.parent), progress_bar=False, log_output=False,
+                                       stdout_file=out, stderr_file=notebook_err)
+            status = 0
+        except PapermillExecutionError as error:
+            notebook_err.close()                           # its last partial line first
+            print(f"{error}\nerror: lesson 09 stopped at the cell above; the notebook with its outputs is "
+                  f"{shown_as}/{notebook.name}", file=err)
+            status = 1
+        except KeyboardInterrupt:
+            print("\ninterrupted: `make train` again continues this run from its last checkpoint", file=err)
+            status = 130
+        finally:
+            notebook_err.close()
+            for fd, copy in zip((1, 2), saved_fds):
+                os.dup2(copy, fd); os.close(copy)
+            sys.stdout, sys.stderr = saved_streams
+            out.close(); err.close()
+    if status == 0:
+        results = json.loads((run / "results.json").read_text()) if (run / "results.json").exists() else {}
+        print(f"\nfinished in {(time.perf_counter() - t0) / 60:.1f} min; in {shown_as}: samples.png (one PNG per "
+              f"sample in samples/), previews/, results.json, {notebook.name} (this run's notebook, with its figures)")
+        if results.get("verdict", {}).get("advice"):
+            print("next:", results["verdict"]["advice"])
+    return status
+
+
 # ----------------------------------------------------------------------------- command line
 
 def main(argv=None) -> int:
@@ -386,6 +489,11 @@ def main(argv=None) -> int:
     a.add_argument("--fresh", action="store_true", help="start a new run even if one is unfinished")
     a.add_argument("--continue", dest="continue_changed", action="store_true",
                    help="go on with an unfinished run although its folder changed")
+    e = sub.add_parser("execute", help="run lesson 09 headless on a run folder made by prepare")
+    e.add_argument("run", help="a run folder printed by prepare")
+    e.add_argument("--progress", default="", choices=["", "bar", "lines"],
+                   help="training progress: bar (updates in place) or lines (one every 10 s); "
+                        "default: DDPM_PROGRESS, else bar when the output is a terminal")
     g = sub.add_parser("generate", help="write N new PNG files from a run's EMA weights")
     g.add_argument("run", help="a run folder, e.g. runs/20261126-101500-cpu-my-pictures")
     g.add_argument("-n", "--num", type=int, default=100)
@@ -410,6 +518,8 @@ def main(argv=None) -> int:
             except ValueError as err:        # e.g. SIZE=30 that the U-Net cannot halve
                 raise UserError(str(err)) from None
             print(run)            # the notebook prints the folder's report and the plan
+        elif args.cmd == "execute":
+            return execute_notebook(args.run, progress=args.progress)
         else:
             if args.num < 1:
                 raise UserError(f"N={args.num}: ask for at least one image")

@@ -5,12 +5,14 @@ component Gaussian (x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, eq. 4):
 
     p_t(x)       = sum_k w_k N(x; sqrt(abar_t) mu_k, abar_t Sigma_k + (1 - abar_t) I)
     grad log p_t = -sum_k r_k(x) C_k^{-1} (x - m_k),   r_k = responsibility of component k
-    eps*(x, t)   = -sqrt(1 - abar_t) grad log p_t(x)      (the best possible noise predictor)
+    eps*(x, t)   = E[eps | x_t = x] = -sqrt(1 - abar_t) grad log p_t(x)   (Tweedie; the best
+                   noise predictor under the squared loss)
 
 so sampling with eps* (``ddpm_lessons.sampling``, Algorithm 2) must give back the mixture.
-A small MLP trained with the simple loss || eps - eps_theta(x_t, t) ||^2 (Ho et al. eq. 14)
-should come close. Sample sets are compared with a sliced Wasserstein distance and an RBF
-MMD. Plain NumPy / TensorFlow: no plotting here (the notebook draws).
+A small MLP is trained with the simple loss || eps - eps_theta(x_t, t) ||^2 (Ho et al. eq. 14)
+and compared with it. Sample sets are compared with an RBF MMD and a sliced 2-Wasserstein
+distance, each against its floor: the spread of the same distance between independent draws
+of the data (``distance_floor``). Plain NumPy / TensorFlow: no plotting here (the notebook draws).
 """
 from __future__ import annotations
 
@@ -242,11 +244,12 @@ def component_stats(mixture: GaussianMixture, x):
     return {"share": count / len(x), "mean": mean, "cov": cov, "count": count}
 
 
-def sliced_wasserstein(x, y, num_projections=256, seed=0):
+def sliced_wasserstein_w2(x, y, num_projections=256, seed=0):
     """Sliced 2-Wasserstein distance between point sets x (n, d) and y (m, d), in data units.
 
     SW_2^2 = E_theta W_2^2(theta . x, theta . y) over random unit directions theta; each 1-D W_2
-    compares sorted projections (quantiles at min(n, m) levels when n != m).
+    compares sorted projections (quantiles at min(n, m) levels when n != m). Not the same as
+    ``ddpm_lessons.metrics.sliced_wasserstein`` (W_1, equal-sized sets, lesson 11).
     """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     rng = np.random.default_rng(seed)
@@ -257,6 +260,7 @@ def sliced_wasserstein(x, y, num_projections=256, seed=0):
         q = (np.arange(min(len(px), len(py))) + 0.5) / min(len(px), len(py))
         px, py = np.quantile(px, q, axis=0), np.quantile(py, q, axis=0)
     return float(np.sqrt(np.mean((px - py) ** 2)))
+
 
 
 def mmd_rbf(x, y, bandwidths=(0.1, 0.3, 1.0)):
@@ -272,3 +276,23 @@ def mmd_rbf(x, y, bandwidths=(0.1, 0.3, 1.0)):
         return sum(float(np.exp(-d2 / (2.0 * h * h)).mean()) for h in bandwidths)
 
     return float(np.sqrt(max(k_mean(x, x) + k_mean(y, y) - 2.0 * k_mean(x, y), 0.0)))
+
+
+def distance_floor(draw, reference, repeats=20):
+    """What a perfect sampler would score: the distances from ``reference`` (n, d) to ``repeats``
+    independent sets ``draw(seed)`` (n, d) of the true distribution, seeds 0..repeats-1.
+
+    A single pair of independent sets gives one noisy number; the spread over repeats is the noise
+    level of the distance at this n. Returns {"sw2": (repeats,), "mmd": (repeats,)} float64.
+    """
+    sets = [draw(seed) for seed in range(repeats)]
+    return {"sw2": np.array([sliced_wasserstein_w2(x, reference) for x in sets]),
+            "mmd": np.array([mmd_rbf(x, reference) for x in sets])}
+
+
+def low_density_fraction(mixture: GaussianMixture, x, level=0.005, n_ref=200_000, seed=12345):
+    """Share of the points x (n, d) that lie where the mixture is thinnest: log p_0(x) below the
+    ``level`` quantile of log p_0 over ``n_ref`` true draws. True draws give about ``level``;
+    a sampler that leaves points between the modes gives more."""
+    threshold = np.quantile(mixture.log_density(mixture.sample(n_ref, seed=seed)), level)
+    return float(np.mean(mixture.log_density(x) < threshold))

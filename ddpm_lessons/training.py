@@ -303,19 +303,30 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, dataset, total_steps: int, callbacks=(), progress: bool = True, log_every: int = 10):
+    def fit(self, dataset, total_steps: int, callbacks=(), progress=True, log_every: int = 10,
+            progress_seconds: float = 10.0):
         """Train until the step counter reaches ``total_steps``; returns the loss history.
 
         ``dataset`` yields float batches (B, H, W, C) in [-1, 1] and is repeated as needed.
         Each callback is called as ``callback(trainer, logs)`` after every step, with
         ``logs = {"step", "loss", "images_per_sec"}``. A checkpoint is written every
         ``config.checkpoint_every`` steps and at the end.
+
+        ``progress``: "bar" is a ``keras.utils.Progbar`` (one line that updates in place: a terminal,
+        a notebook); "lines" prints a plain line at most every ``progress_seconds`` and at the end
+        (``ProgressLines``: a log file, a pipe); True picks by the environment variable
+        ``DDPM_PROGRESS`` ("lines" or "bar", which ``make train`` sets from whether its output is a
+        terminal; unset: "bar"); False shows nothing. ``self.progress_mode`` says which one runs
+        (``plotting.TrainingMonitor`` starts its lines on a fresh line under a bar).
         """
         start = int(self.step.numpy())
         if start >= total_steps:
             return self.history
-        bar = keras.utils.Progbar(total_steps, stateful_metrics=["loss", "img/s"], interval=0.5) \
-            if progress else None
+        mode = progress_mode(progress)
+        self.progress_mode = mode
+        bar = keras.utils.Progbar(total_steps, width=16, stateful_metrics=["loss", "img/s"], interval=0.5) \
+            if mode == "bar" else None
+        lines = ProgressLines(total_steps, start, every=progress_seconds) if mode == "lines" else None
         if bar:
             bar.update(start)
         batches = iter(dataset.repeat())
@@ -337,6 +348,8 @@ class Trainer:
             logs = {"step": step, "loss": loss, "images_per_sec": ips}
             if bar:
                 bar.update(step, [("loss", loss), ("img/s", ips)])
+            if lines:
+                lines.update(step, loss, int(x0.shape[0]), now - t0)
             for cb in callbacks:
                 cb(self, logs)
             if self.manager and (step % self.config.checkpoint_every == 0 or step == total_steps):
@@ -348,3 +361,65 @@ class Trainer:
         edges = np.linspace(0, self.schedule.T, self.config.loss_buckets + 1)
         with np.errstate(invalid="ignore", divide="ignore"):
             return edges, self.bucket_sum / self.bucket_count
+
+
+# ----------------------------------------------------------------------------- progress
+
+PROGRESS_MODES = ("bar", "lines")
+
+
+def progress_mode(progress=True, environ=None):
+    """"bar", "lines" or None for ``Trainer.fit(progress=...)``: True reads ``DDPM_PROGRESS``
+    (``make train`` sets "lines" when its output is not a terminal), "bar" when it is unset."""
+    if progress is False or progress is None:
+        return None
+    if progress is True:
+        progress = (os.environ if environ is None else environ).get("DDPM_PROGRESS", "").strip().lower() or "bar"
+    if progress not in PROGRESS_MODES:
+        raise ValueError(f"progress={progress!r}: give True, False, 'bar' or 'lines' "
+                         f"(DDPM_PROGRESS=bar or DDPM_PROGRESS=lines)")
+    return progress
+
+
+def format_duration(seconds: float) -> str:
+    """0:07, 12:30, 1:02:03."""
+    s = int(round(max(0.0, seconds)))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class ProgressLines:
+    """Training progress as plain lines, for output that is not a terminal (``make train | tee log``,
+    a CI log): at most one line every ``every`` seconds, and one for the last step::
+
+        step 120/1800  loss 0.0812  96 img/s  elapsed 1:02  left ~8:40
+
+    loss is the mean over the steps since the previous line; img/s counts the images of those steps
+    over the seconds spent in them (previews and checkpoints not counted); elapsed is the wall time
+    since training started, and left the steps still to go at the average pace so far (previews
+    included). ``clock`` (seconds) and ``write`` (one line) can be replaced: the tests use a fake clock.
+    """
+
+    def __init__(self, total_steps: int, start_step: int = 0, every: float = 10.0,
+                 clock=time.perf_counter, write=None):
+        self.total, self.start, self.every, self.clock = int(total_steps), int(start_step), float(every), clock
+        self.write = write or (lambda line: print(line, flush=True))
+        self.t_start = self.t_last = clock()
+        self._losses, self._images, self._seconds = [], 0, 0.0
+
+    def update(self, step: int, loss, images: int, seconds: float):
+        """Count one training step (its loss, batch size and duration); write a line when ``every``
+        seconds have passed since the last one, or at the last step. Returns the line, or None."""
+        self._losses.append(float(loss))
+        self._images += int(images)
+        self._seconds += float(seconds)
+        now = self.clock()
+        if now - self.t_last < self.every and step < self.total:
+            return None
+        elapsed = now - self.t_start
+        line = (f"step {step}/{self.total}  loss {np.mean(self._losses):.4f}  "
+                f"{self._images / max(self._seconds, 1e-9):.0f} img/s  elapsed {format_duration(elapsed)}")
+        if step < self.total and step > self.start:
+            line += f"  left ~{format_duration(elapsed / (step - self.start) * (self.total - step))}"
+        self.t_last, self._losses, self._images, self._seconds = now, [], 0, 0.0
+        self.write(line)
+        return line

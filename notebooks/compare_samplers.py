@@ -36,13 +36,20 @@ from ddpm_lessons.metrics import (PROTOCOL_SAMPLES, ScoreReference, detail_featu
 from ddpm_lessons.profiles import get_profile
 from ddpm_lessons.sampling import generate, network_evaluations
 from ddpm_lessons.schedule import NoiseSchedule
-from ddpm_lessons.training import load_reference_weights
+from ddpm_lessons.training import REFERENCE_DIR, load_reference_weights, reference_prediction
 from ddpm_lessons.unet import build_unet
 
 HERE = Path(__file__).resolve().parent
 SEED = 1000                        # fresh: previews and lessons draw with seeds 0..63
 BATCH = 128
 REFERENCE = "ddpm-1000"
+
+
+def reference_id() -> str:
+    """The first 10 hex digits of the SHA-1 of the shipped reference weights: names the sample cache."""
+    import hashlib
+    weights = sorted(p for p in REFERENCE_DIR.iterdir() if ".weights." in p.name or p.suffix == ".npz")
+    return hashlib.sha1(b"".join(p.read_bytes() for p in weights)).hexdigest()[:10]
 
 
 def contender(sampler, steps, eta=0.0, sigma_max=None, clip="1", spacing="uniform", churn=0.0):
@@ -87,7 +94,7 @@ def clip_value(c):
     return {"1": 1.0, "none": None, "dynamic": "dynamic"}[c["clip"]]
 
 
-def draw(c, model, schedule, n, cache_dir):
+def draw(c, model, schedule, n, cache_dir, prediction="eps"):
     """(samples in [-1, 1], seconds to draw them): from the cache, else drawn and cached."""
     name = name_of(c)
     cache = cache_dir / f"{name.replace(' ', '_').replace('=', '')}_n{n}.npz"
@@ -97,7 +104,7 @@ def draw(c, model, schedule, n, cache_dir):
     t0 = time.perf_counter()
     x = generate(model, schedule, n, sampler=c["sampler"], steps=c["steps"], eta=c["eta"], seed=SEED,
                  batch_size=BATCH, spacing=c["spacing"], sigma_max=c["sigma_max"], churn=c["churn"],
-                 clip_x0=clip_value(c))
+                 clip_x0=clip_value(c), prediction=prediction)
     seconds = time.perf_counter() - t0
     x = np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
     np.savez_compressed(cache, samples=x, seconds=seconds)
@@ -113,16 +120,18 @@ def main(argv=None):
     p.add_argument("--generate-only", action="store_true", help="draw and cache the samples, score nothing")
     args = p.parse_args(argv)
     out, n = Path(args.out), args.num_samples
-    (out / "cache").mkdir(parents=True, exist_ok=True)
     profile = get_profile("cpu")
-    model = load_reference_weights(build_unet(profile))
+    prediction = reference_prediction()
+    model = load_reference_weights(build_unet(profile), prediction)
+    cache_dir = out / "cache" / reference_id()        # samples of other reference weights are not reused
+    cache_dir.mkdir(parents=True, exist_ok=True)
     schedule = NoiseSchedule.from_kind(profile.schedule, profile.timesteps)
     parts = {"diagnosis": DIAGNOSIS, "sweep": SWEEP}
     todo = [c for part in (parts if args.part == "all" else [args.part]) for c in parts[part]]
     todo = [DIAGNOSIS[0]] + [c for c in todo if c is not DIAGNOSIS[0]]            # DDPM-1000 first
     samples = {}
     for c in (todo[1:] if args.generate_only else todo):                          # (drawing only: not DDPM-1000)
-        samples[name_of(c)] = draw(c, model, schedule, n, out / "cache")
+        samples[name_of(c)] = draw(c, model, schedule, n, cache_dir, prediction)
         if args.generate_only:
             samples.pop(name_of(c))
     if args.generate_only:
@@ -132,8 +141,10 @@ def main(argv=None):
     shapes = ScoreReference(images, feature_fn=random_feature_fn)
     results_file = out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    if results.get("num_samples") != n or results.get("protocol") != "detail-kid":
+    if (results.get("num_samples") != n or results.get("protocol") != "detail-kid"
+            or results.get("reference", {}).get("id", reference_id()) != reference_id()):
         results = {"num_samples": n, "protocol": "detail-kid", "seed": SEED, "runs": {}}
+    results["reference"] = {"id": reference_id(), "prediction": prediction}
     m = min(n, len(detail.a))
     real = detail.score(detail.a[:m], with_subsets=True)
     results["floor"] = {"kid": real["kid"], "kid_se": real["kid_se"], "swd": real["swd"],

@@ -57,3 +57,21 @@ def test_serialises():
 def test_bad_heads_raises():
     with pytest.raises(ValueError, match="divisible"):
         SelfAttention2D(num_heads=3, groups=4)(np.zeros((1, 2, 2, 8), "float32"))
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_attention_map_flops_grow_with_n_squared(heads):
+    """FLOPs counted in the traced graph (bench.graph_flops): the two map matmuls (q k^T, A v) are
+    exactly 2 x 2 N^2 C for any number of heads, the four projections 4 x 2 N C^2."""
+    import tensorflow as tf
+    from ddpm_lessons.bench import graph_flops
+    c = 32
+    for r in (4, 8, 16):
+        layer = SelfAttention2D(num_heads=heads, groups=4)
+        graph = tf.function(lambda x: layer(x)).get_concrete_function(
+            tf.TensorSpec([1, r, r, c], tf.float32)).graph
+        _, by_op = graph_flops(graph)
+        n = r * r
+        matmuls = sum(by_op.get(op, 0) for op in ("BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum"))
+        assert matmuls == 2 * 2 * n * n * c, (r, by_op)
+        assert by_op.get("MatMul", 0) == 4 * 2 * n * c * c, (r, by_op)

@@ -113,6 +113,7 @@ def test_report_and_figure_from_a_result(tmp_path):
 def test_step_parts_name_what_an_op_belongs_to():
     from ddpm_lessons.bench import step_part
     assert step_part("ExecutorState::Process") is None and step_part("ParallelFor") is None
+    assert step_part("EagerLocalExecute: __inference__train_step_28081") is None   # the whole step
     assert step_part("gradient_tape/unet_1/up0_res1_1/conv_1/convolution/Conv2DBackpropFilter:"
                      "_MklNativeConv2DBackpropFilter") == "convolutions"
     assert step_part("unet_1/down1_attn0_1/norm_1/Reshape:Reshape") == "GroupNorm"

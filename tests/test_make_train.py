@@ -5,6 +5,11 @@ The second run must continue the first one's run folder from its last checkpoint
 over), finish at the requested step and leave the run folder's files, one PNG per sample among
 them. A folder whose files changed in between is refused with a message; a bad DATA stops before
 any run folder exists.
+
+Runs under plain `pytest tests/test_make_train.py` as well as under `make test`: it needs GNU make
+and the project's .venv, installed and up to date (`make setup`). Without them every test here is
+skipped with a warning in pytest's summary that says what to do (a skip reason alone is shown
+only with -rs).
 """
 import json
 import os
@@ -13,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +26,29 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(shutil.which("make") is None or not (ROOT / ".venv" / "bin" / "papermill").exists(),
-                                reason="needs make and the project's .venv (make setup)")
+
+
+def why_make_train_cannot_run():
+    """None if `make train` can start at once here; else why not and how to fix it."""
+    how = "run `make setup` once, then `pytest tests/test_make_train.py` (or `make test`)"
+    if shutil.which("make") is None:
+        return f"GNU make is not on PATH: install it, then {how}"
+    # `make -q setup` exits 0 only if .venv exists and is up to date with pyproject.toml (for this TF=);
+    # otherwise `make train` would first create it or pip-install into it, inside the test
+    stale = subprocess.run(["make", "-q", "setup"], cwd=ROOT, capture_output=True).returncode != 0
+    if stale or not (ROOT / ".venv" / "bin" / "python").exists():
+        tf = f" (TF={os.environ['TF']})" if os.environ.get("TF") else ""
+        return f"the project's .venv{tf} is missing or older than pyproject.toml: {how}"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def make_and_venv():
+    reason = why_make_train_cannot_run()
+    if reason:
+        warnings.warn(f"tests/test_make_train.py (kill -9 and resume of make train) SKIPPED: {reason}",
+                      pytest.PytestWarning)
+        pytest.skip(reason)
 
 
 def make_train(runs, *args, **popen):

@@ -8,7 +8,7 @@ from ddpm_lessons.sampling import (END, SAMPLERS, heun_sample, heun_timesteps, k
                                    ddim_loop_step, dpmpp2m_coefficients, dpmpp2m_sample, make_loop, model_eps_fn,
                                    p_mean_variance, sample, timestep_sequence)
 from ddpm_lessons.schedule import NoiseSchedule
-from ddpm_lessons.toy import default_mixture, mixture_eps_fn, sliced_wasserstein
+from ddpm_lessons.toy import default_mixture, mixture_eps_fn, sliced_wasserstein_w2
 
 LINEAR = NoiseSchedule.from_kind("linear", 1000)
 COSINE = NoiseSchedule.from_kind("cosine", 1000)
@@ -150,8 +150,8 @@ def test_ddim_full_eta1_matches_ddpm_on_the_mixture():
     ddim = ddim_sample(eps_fn, (3000, 2), LINEAR, num_steps=1000, eta=1.0, seed=1)
     # same seed, same noise draws, same update: the same samples up to float rounding
     assert np.abs(ddpm - ddim).max() < 1e-3
-    floor = sliced_wasserstein(mixture.sample(3000, seed=5), mixture.sample(3000, seed=6))
-    assert sliced_wasserstein(ddim, mixture.sample(3000, seed=7)) < 2 * floor + 0.02
+    floor = sliced_wasserstein_w2(mixture.sample(3000, seed=5), mixture.sample(3000, seed=6))
+    assert sliced_wasserstein_w2(ddim, mixture.sample(3000, seed=7)) < 2 * floor + 0.02
 
 
 def test_image_sampling_shapes_range_and_one_trace():
@@ -231,14 +231,14 @@ def test_all_T_steps_reach_the_mixture_like_ddpm(sampler, eta):
     mixture = default_mixture()
     eps_fn = mixture_eps_fn(mixture, COSINE)
     target = mixture.sample(3000, seed=7)
-    floor = sliced_wasserstein(mixture.sample(3000, seed=5), mixture.sample(3000, seed=6))
-    ddpm = sliced_wasserstein(ddpm_sample(eps_fn, (3000, 2), COSINE, seed=2), target)
+    floor = sliced_wasserstein_w2(mixture.sample(3000, seed=5), mixture.sample(3000, seed=6))
+    ddpm = sliced_wasserstein_w2(ddpm_sample(eps_fn, (3000, 2), COSINE, seed=2), target)
     x = sample(eps_fn, (3000, 2), COSINE, sampler=sampler, steps=1000, eta=eta, seed=1)
-    d = sliced_wasserstein(x, target)
+    d = sliced_wasserstein_w2(x, target)
     assert ddpm < 2 * floor and d < 2 * floor + 0.02, f"{sampler}: {d:.4f}, DDPM {ddpm:.4f}, floor {floor:.4f}"
     # the check has power: a sampler that forgets the fresh noise of its eta = 1 steps fails it
     broken = _run_step(forgets_its_noise, eps_fn, (3000, 2), COSINE, timestep_grid(COSINE, 1000), seed=1)
-    assert sliced_wasserstein(broken, target) > 3 * floor
+    assert sliced_wasserstein_w2(broken, target) > 3 * floor
 
 
 def test_every_sampler_gives_finite_images_in_range_for_every_step_count():
@@ -363,12 +363,12 @@ def test_heun_with_churn_reaches_the_mixture_in_few_evaluations():
     mixture = default_mixture()
     eps_fn = mixture_eps_fn(mixture, COSINE)
     target = mixture.sample(3000, seed=7)
-    floor = sliced_wasserstein(mixture.sample(3000, seed=5), mixture.sample(3000, seed=6))
+    floor = sliced_wasserstein_w2(mixture.sample(3000, seed=5), mixture.sample(3000, seed=6))
     x = heun_sample(eps_fn, (3000, 2), COSINE, num_steps=25, churn=10.0, seed=1)
-    d = sliced_wasserstein(x, target)
+    d = sliced_wasserstein_w2(x, target)
     assert d < 2 * floor + 0.02, f"Heun-25 with churn: {d:.4f}, floor {floor:.4f}"
     x = heun_sample(eps_fn, (3000, 2), COSINE, num_steps=25, churn=0.0, seed=1)
-    assert sliced_wasserstein(x, target) < 2 * floor + 0.02
+    assert sliced_wasserstein_w2(x, target) < 2 * floor + 0.02
     # the check has power: churn whose raised noise level the denoiser is not told about fails it
     grid = timestep_grid(COSINE, 25, "karras", 80.0)
     from ddpm_lessons.sampling import initial_noise, make_loop
@@ -376,4 +376,4 @@ def test_heun_with_churn_reaches_the_mixture_in_few_evaluations():
     x_T = np.sqrt(1 - COSINE.alphas_cumprod[grid[0]]) * initial_noise((3000, 2), 1, COSINE.T)
     extra = heun_timesteps(COSINE, grid, churn=10.0)[None, :].astype(np.float32)
     broken = run_loop(run, x_T, grid, extra, 1).numpy()
-    assert sliced_wasserstein(broken, target) > 3 * floor, sliced_wasserstein(broken, target)
+    assert sliced_wasserstein_w2(broken, target) > 3 * floor, sliced_wasserstein_w2(broken, target)

@@ -148,3 +148,25 @@ def test_mixed_precision_trains_with_loss_scaling_and_restores_the_policy():
     assert np.all(np.isfinite(losses)) and np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5]), losses
     # the weights moved (a skipped step, from a loss scale that overflowed forever, would not move them)
     assert not np.allclose(trainer.model.get_layer("out_conv").kernel.numpy(), 0)
+
+
+def test_compact_weights_round_trip_in_float16(tmp_path):
+    """The shipped reference is stored as float16: each weight comes back as its float16 rounding
+    (relative error <= 2^-11), in about half the bytes of float32; another network is refused."""
+    from ddpm_lessons.training import load_compact_weights, save_compact_weights
+    tf.keras.utils.set_random_seed(0)
+    model = build_unet(SMALL)
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(0, 0.2, w.shape).astype(np.float32) for w in model.get_weights()])
+    path = save_compact_weights(model, tmp_path / "ema.float16.npz")
+    fresh = load_compact_weights(build_unet(SMALL), path)
+    for a, b in zip(model.get_weights(), fresh.get_weights()):
+        assert b.dtype == np.float32
+        np.testing.assert_array_equal(b, a.astype(np.float16).astype(np.float32))
+        big = np.abs(a) > 1e-4                      # float16's normal range: relative rounding <= 2^-11
+        assert np.all(np.abs(b - a)[big] <= 2.0 ** -11 * np.abs(a)[big])
+    float32_bytes = sum(w.size * 4 for w in model.get_weights())
+    overhead = 400 * len(model.weights)             # the .npz's per-array header and zip entry
+    assert path.stat().st_size < 0.5 * float32_bytes + overhead
+    with pytest.raises(ValueError, match="another network"):
+        load_compact_weights(build_unet({**SMALL, "base_width": 12}), path)

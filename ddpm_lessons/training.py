@@ -169,17 +169,14 @@ def load_reference_weights(model: keras.Model, prediction: str | None = None) ->
     which must be the ``cpu`` profile's U-Net (``build_unet(get_profile("cpu"))``). With
     ``prediction`` (what the caller will train or sample as), refuse weights that predict another target."""
     path = REFERENCE_DIR / REFERENCE_WEIGHTS
-    if not path.exists() and not (REFERENCE_DIR / "ema.weights.h5").exists():
+    if not path.exists():
         raise FileNotFoundError(f"no reference weights at {path.name} in the package's assets; "
                                 "train your own with `make train`")
     if prediction is not None and prediction != reference_prediction():
         raise ValueError(f"the shipped reference network predicts {reference_prediction()!r}, but this run "
                          f"uses prediction={prediction!r}: start from scratch (leave init_from empty / no "
                          f"INIT=reference), or set the profile's prediction to {reference_prediction()!r}")
-    if path.exists():
-        return load_compact_weights(model, path)
-    model.load_weights(REFERENCE_DIR / "ema.weights.h5")      # the float32 file of an older checkout
-    return model
+    return load_compact_weights(model, path)
 
 
 class TrainingDiverged(FloatingPointError):

@@ -208,25 +208,33 @@ def flops_summary(by_type: dict) -> dict:
 
 
 # ------------------------------------------------------------------ training, one mode per process
+def bench_trainer(profile, precision="float32", jit_compile=False):
+    """(the real ``Trainer`` of ``profile``'s U-Net in ``precision``, one batch of random images in
+    [-1, 1] at the profile's batch size): what the training rows and the step profile time."""
+    import tensorflow as tf
+    from .schedule import NoiseSchedule
+    from .training import Trainer, TrainConfig
+    from .unet import build_unet
+    schedule = NoiseSchedule.from_kind(profile.schedule, profile.timesteps)
+    trainer = Trainer(build_unet(profile, precision=precision), schedule,
+                      TrainConfig.from_profile(profile, jit_compile=jit_compile))
+    b, s, c = profile.batch_size, profile.image_size, profile.channels
+    return trainer, tf.random.uniform([b, s, s, c], -1.0, 1.0, seed=0)
+
+
 def train_worker(profile_name: str, mode: str, steps: int, precision: str = "float32") -> dict:
     """Time the real ``Trainer`` in one mode and precision, in this (fresh) process; returns a
     JSON-able dict."""
     import keras
     import tensorflow as tf
     from .profiles import get_profile
-    from .schedule import NoiseSchedule
-    from .training import Trainer, TrainConfig
-    from .unet import build_unet
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
     profile = get_profile(profile_name)
     keras.utils.set_random_seed(0)
     tf.config.run_functions_eagerly(mode == "eager")
-    schedule = NoiseSchedule.from_kind(profile.schedule, profile.timesteps)
-    config = TrainConfig.from_profile(profile, jit_compile=(mode == "xla"))
-    trainer = Trainer(build_unet(profile, precision=precision), schedule, config)
-    b, s, c = profile.batch_size, profile.image_size, profile.channels
-    x0 = tf.random.uniform([b, s, s, c], -1.0, 1.0, seed=0)
+    trainer, x0 = bench_trainer(profile, precision, jit_compile=(mode == "xla"))
+    b = profile.batch_size
     t0 = time.perf_counter()
     loss = trainer.train_step(x0)                   # trace + compile (+ run) in the compiled modes
     first = time.perf_counter() - t0
@@ -333,7 +341,7 @@ def step_part(event_name: str) -> str | None:
     return "other network ops"
 
 
-def profile_step(profile, precision="float32", steps=3, batch_seconds=True) -> dict:
+def profile_step(profile, precision="float32", steps=3) -> dict:
     """Milliseconds per compiled training step by part (``STEP_PARTS``), from TensorFlow's profiler:
     the op events of ``steps`` traced steps, summed over the threads that ran them (so the total can
     exceed the wall time on several cores); plus the wall time of a step and of one input batch."""
@@ -341,13 +349,8 @@ def profile_step(profile, precision="float32", steps=3, batch_seconds=True) -> d
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
     from .data import make_dataset
-    from .schedule import NoiseSchedule
-    from .training import Trainer, TrainConfig
-    from .unet import build_unet
-    schedule = NoiseSchedule.from_kind(profile.schedule, profile.timesteps)
-    trainer = Trainer(build_unet(profile, precision=precision), schedule, TrainConfig.from_profile(profile))
+    trainer, x0 = bench_trainer(profile, precision)
     b, s, c = profile.batch_size, profile.image_size, profile.channels
-    x0 = tf.random.uniform([b, s, s, c], -1.0, 1.0, seed=0)
     for _ in range(3):
         trainer.train_step(x0)
     with tempfile.TemporaryDirectory() as logdir:

@@ -100,7 +100,7 @@ def ema_copies(trainer, decays):
     @tf.function
     def update(n):
         for d, vs in copies.items():
-            decay = tf.minimum(d, (1.0 + n) / (10.0 + n))
+            decay = ema_decay_at(n, d)                     # the trainer's own formula, d capped
             for ema_w, w in zip(vs, trainer.model.trainable_variables):
                 ema_w.assign(decay * ema_w + (1.0 - decay) * w)
 

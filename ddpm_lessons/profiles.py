@@ -181,7 +181,7 @@ def resolve_precision(precision: str = "auto", flags=None, gpu=None) -> tuple[st
     """(compute dtype for *training*, why): "float32", "bfloat16" or "float16".
 
     "auto" picks float16 on a GPU (with loss scaling), bfloat16 on a CPU that does bfloat16
-    arithmetic natively (AVX512_BF16 or AMX: 1.17x the float32 step on the 2-core machine, bench),
+    arithmetic natively (AVX512_BF16 or AMX: 1.05-1.28x the float32 step on the 2-core machine),
     else float32 (without those flags TensorFlow emulates bfloat16, which is slower).
     ``flags`` (a set of CPU flags) and ``gpu`` (bool) default to this machine's; tests pass their own.
     Weights, the loss and the optimizer stay float32 in every case, and sampling computes in float32.

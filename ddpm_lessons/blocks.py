@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 PACKAGE = "ddpm_lessons"
@@ -92,6 +93,44 @@ class TimeEmbedding(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "hidden": self.hidden}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LabelEmbedding(layers.Layer):
+    """labels -> one vector per image: the sum over label kinds k of a learned row E_k[y_k].
+
+    (B, K) int -> (B, dim), with K = len(num_classes). Table k has num_classes[k] + 1 rows: row
+    num_classes[k] is the "no label" token (``null_labels``), so one network can be asked for either
+    kind, both or neither (classifier-free guidance, Ho & Salimans 2022). The sum is added to the
+    time embedding, so every residual block sees it.
+    """
+
+    def __init__(self, num_classes, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = tuple(int(n) for n in num_classes)
+        self.dim = int(dim)
+        self.tables = [layers.Embedding(n + 1, self.dim, name=f"table_{k}")
+                       for k, n in enumerate(self.num_classes)]
+
+    def build(self, labels_shape):
+        for table in self.tables:
+            table.build((None,))
+        self.built = True
+
+    def call(self, labels):
+        labels = ops.cast(labels, "int32")
+        return sum(table(labels[:, k]) for k, table in enumerate(self.tables))   # (B, dim)
+
+    def compute_output_shape(self, labels_shape):
+        return (labels_shape[0], self.dim)
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": list(self.num_classes), "dim": self.dim}
+
+
+def null_labels(num_classes, batch: int):
+    """(batch, K) int32 "no label" tokens: column k holds num_classes[k]."""
+    return np.tile(np.asarray(num_classes, np.int32), (int(batch), 1))
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

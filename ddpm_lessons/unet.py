@@ -30,19 +30,19 @@ import keras
 from keras import layers, ops
 
 from .attention import SelfAttention2D
-from .blocks import GN_EPSILON, Downsample, ResidualBlock, TimeEmbedding, Upsample
+from .blocks import GN_EPSILON, Downsample, LabelEmbedding, ResidualBlock, TimeEmbedding, Upsample
 
 UNET_KEYS = ("image_size", "channels", "base_width", "channel_mults", "num_res_blocks",
-             "attention_resolutions", "dropout", "groups")
+             "attention_resolutions", "dropout", "groups", "num_classes")
 DEFAULTS = dict(image_size=32, channels=3, base_width=32, channel_mults=(1, 2, 2),
-                num_res_blocks=1, attention_resolutions=(8,), dropout=0.0, groups=8)
+                num_res_blocks=1, attention_resolutions=(8,), dropout=0.0, groups=8, num_classes=None)
 
 
 def unet_config(profile_or_kwargs=None, **overrides) -> dict:
     """The U-Net knobs as a plain dict, from a Profile, a dict, or None (-> ``get_profile()``).
 
     Keys: image_size, channels, base_width, channel_mults, num_res_blocks,
-    attention_resolutions, dropout, groups (+ num_heads, mid_attention, scale_shift).
+    attention_resolutions, dropout, groups, num_classes (+ num_heads, mid_attention, scale_shift).
     Extra keys in a dict or profile (batch size, ...) are ignored; ``overrides`` win.
     """
     if profile_or_kwargs is None:
@@ -58,11 +58,15 @@ def unet_config(profile_or_kwargs=None, **overrides) -> dict:
     cfg.update(overrides)
     cfg["channel_mults"] = tuple(int(m) for m in cfg["channel_mults"])
     cfg["attention_resolutions"] = tuple(int(r) for r in cfg["attention_resolutions"])
+    if cfg["num_classes"] is not None:
+        cfg["num_classes"] = tuple(int(n) for n in cfg["num_classes"]) or None
     _validate(cfg)
     return cfg
 
 
 def _validate(cfg):
+    if cfg["num_classes"] is not None and min(cfg["num_classes"]) < 1:
+        raise ValueError(f"num_classes must hold one positive class count per label kind, got {cfg['num_classes']}")
     n_down = len(cfg["channel_mults"]) - 1
     if not cfg["channel_mults"] or min(cfg["channel_mults"]) < 1:
         raise ValueError(f"channel_mults must be positive integers, got {cfg['channel_mults']}")
@@ -100,7 +104,10 @@ POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixe
 
 
 def build_unet(profile_or_kwargs=None, name: str = "unet", precision: str = "float32", **overrides) -> keras.Model:
-    """A ``keras.Model`` mapping ``[x_t (B, H, W, C), t (B,)]`` to predicted noise (B, H, W, C).
+    """A ``keras.Model`` mapping ``[x_t (B, H, W, C), t (B,)]`` to predicted noise (B, H, W, C);
+    with ``num_classes=(n_1, ..., n_K)`` (K label kinds) it also takes ``labels (B, K)`` int32,
+    embedded by ``blocks.LabelEmbedding`` (row n_k of kind k = "no label") and added to the time
+    embedding: ``[x_t, t, labels]``. Without ``num_classes`` the network is exactly the unconditional one.
 
     ``profile_or_kwargs``: a Profile, a dict of U-Net knobs, or None for ``get_profile()``;
     keyword ``overrides`` change single knobs (``build_unet(profile, base_width=64)``).
@@ -158,7 +165,13 @@ def _build(cfg, name):
 
     x_in = keras.Input((size, size, cfg["channels"]), name="x_t")
     t_in = keras.Input((), dtype="int32", name="t")
+    inputs = [x_in, t_in]
     temb = TimeEmbedding(width, 4 * width, name="time_embedding")(t_in)
+    if cfg["num_classes"]:                      # conditional: labels (B, K), K label kinds
+        y_in = keras.Input((len(cfg["num_classes"]),), dtype="int32", name="labels")
+        inputs.append(y_in)
+        temb = layers.Add(name="time_and_labels")(
+            [temb, LabelEmbedding(cfg["num_classes"], 4 * width, name="label_embedding")(y_in)])
 
     h = layers.Conv2D(width, 3, padding="same", name="conv_in")(x_in)
     skips = [h]
@@ -193,7 +206,7 @@ def _build(cfg, name):
     h = layers.Activation("silu", name="out_swish")(h)
     eps = layers.Conv2D(cfg["channels"], 3, padding="same", kernel_initializer="zeros",
                         dtype="float32", name="out_conv")(h)
-    return keras.Model([x_in, t_in], eps, name=name)
+    return keras.Model(inputs, eps, name=name)
 
 
 def count_params(model) -> int:

@@ -1,0 +1,51 @@
+"""The conditional U-Net (classifier-free guidance issue): labels of K kinds, each with a "no label" token."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ddpm_lessons.blocks import LabelEmbedding, null_labels
+from ddpm_lessons.unet import build_unet, load_unet
+
+SMALL = dict(image_size=8, channels=3, base_width=8, channel_mults=(1, 2), num_res_blocks=1,
+             attention_resolutions=(4,), groups=4)
+CLASSES = (5, 6)          # the shipped data: 5 merged subcategories, 6 skin tones
+
+
+def random_weights(model, seed=0):
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(0, 0.2, w.shape).astype(np.float32) for w in model.get_weights()])
+
+
+def test_label_embedding_sums_one_row_per_kind_and_has_a_null_token():
+    layer = LabelEmbedding(CLASSES, 4)
+    labels = np.array([[0, 0], [4, 5], [5, 6], [2, 6]], np.int32)     # row 3: kind 1 unlabelled
+    out = layer(labels).numpy()
+    e0, e1 = (table.embeddings.numpy() for table in layer.tables)
+    assert e0.shape == (6, 4) and e1.shape == (7, 4), "n_k + 1 rows: the last is 'no label'"
+    np.testing.assert_allclose(out, e0[labels[:, 0]] + e1[labels[:, 1]], rtol=1e-6)
+    np.testing.assert_array_equal(null_labels(CLASSES, 3), [[5, 6]] * 3)
+
+
+def test_unconditional_unet_is_unchanged_by_the_option():
+    plain, explicit = build_unet(SMALL), build_unet({**SMALL, "num_classes": None})
+    assert len(plain.inputs) == 2 and [w.shape for w in plain.weights] == [w.shape for w in explicit.weights]
+    assert not any("label" in w.path for w in plain.weights)
+
+
+def test_labels_change_the_output_and_the_model_saves_and_loads(tmp_path):
+    tf.keras.utils.set_random_seed(0)
+    model = build_unet({**SMALL, "num_classes": CLASSES})
+    assert [i.name for i in model.inputs] == ["x_t", "t", "labels"]
+    random_weights(model)
+    x = tf.random.stateless_normal([4, 8, 8, 3], seed=[1, 2])
+    t = tf.constant([10, 10, 10, 10])
+    a = model([x, t, tf.constant([[0, 1]] * 4)]).numpy()
+    b = model([x, t, tf.constant([[3, 1]] * 4)]).numpy()
+    c = model([x, t, tf.constant(null_labels(CLASSES, 4))]).numpy()
+    assert not np.allclose(a, b) and not np.allclose(a, c)
+    model.save(tmp_path / "cond.keras")
+    loaded = load_unet(tmp_path / "cond.keras")
+    labels = tf.constant([[0, 1], [4, 6], [5, 0], [5, 6]])
+    np.testing.assert_array_equal(loaded([x, t, labels]).numpy(), model([x, t, labels]).numpy())
+    with pytest.raises(ValueError, match="num_classes"):
+        build_unet({**SMALL, "num_classes": (5, 0)})

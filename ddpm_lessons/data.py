@@ -301,8 +301,9 @@ def from_unit_range(x) -> np.ndarray:
 
 
 def make_dataset(images_uint8, batch_size: int, shuffle: bool = True, flip: bool = True,
-                 seed: int = 0, repeat: bool = False, drop_remainder: bool = True):
-    """A tf.data pipeline of float32 batches (B, H, W, 3) in [-1, 1].
+                 seed: int = 0, repeat: bool = False, drop_remainder: bool = True, labels=None):
+    """A tf.data pipeline of float32 batches (B, H, W, 3) in [-1, 1]; with ``labels`` ((N, K) ints,
+    one row per image: a conditional U-Net's label kinds), batches of (images, labels (B, K) int32).
 
     shuffle (seeded, reshuffled every pass) -> [repeat] -> random left-right flip (seeded,
     stateless) -> scale to [-1, 1] -> batch -> prefetch. Returns a ``tf.data.Dataset``.
@@ -316,18 +317,24 @@ def make_dataset(images_uint8, batch_size: int, shuffle: bool = True, flip: bool
     if not 1 <= batch_size <= n:
         raise ValueError(f"batch_size {batch_size} must be between 1 and the number of images "
                          f"({n}); use a smaller batch or add pictures")
-    ds = tf.data.Dataset.from_tensor_slices(images)
+    if labels is not None:
+        labels = np.asarray(labels, np.int32).reshape(n, -1) if len(labels) == n else None
+        if labels is None:
+            raise ValueError(f"labels must have one row per image ({n} images)")
+    ds = tf.data.Dataset.from_tensor_slices(images if labels is None else (images, labels))
     if shuffle:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     if flip:
         pair_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        flip_one = lambda x, s: tf.image.stateless_random_flip_left_right(x, seed=s)
         ds = tf.data.Dataset.zip((ds, pair_seeds)).map(
-            lambda x, s: tf.image.stateless_random_flip_left_right(x, seed=s),
+            (lambda x, s: flip_one(x, s)) if labels is None else (lambda xy, s: (flip_one(xy[0], s), xy[1])),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(to_unit_range, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(to_unit_range if labels is None else (lambda x, y: (to_unit_range(x), y)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

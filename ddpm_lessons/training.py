@@ -61,9 +61,12 @@ class TrainConfig:
     prediction: str = "eps"          # what the network predicts: "eps" or "v"
     loss_weighting: str = "none"     # per-example weight: "none" or "min-snr"
     snr_gamma: float = 5.0           # gamma of min-SNR weighting
+    label_dropout: float = 0.15      # conditional U-Net: each label kind -> "no label" with this probability
 
     def __post_init__(self):
         check_target(self.prediction, self.loss_weighting, self.snr_gamma)
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout = {self.label_dropout!r} must lie in [0, 1), e.g. 0.15")
 
     @classmethod
     def from_profile(cls, profile, **changes) -> "TrainConfig":
@@ -205,6 +208,8 @@ class Trainer:
         self.model, self.schedule = model, schedule
         self.config = replace(config) if config else TrainConfig()   # a copy: jit is resolved below
         c = self.config
+        self.num_classes = (model.get_layer("label_embedding").num_classes
+                            if any(layer.name == "label_embedding" for layer in model.layers) else None)
         # The EMA model computes in float32 whatever the training policy: it is what we sample from.
         self.ema_model = float32_copy(model)
         self.optimizer = keras.optimizers.Adam(WarmupSchedule(c.learning_rate, c.warmup_steps),
@@ -240,8 +245,18 @@ class Trainer:
         self._elapsed = 0.0
 
     # ------------------------------------------------------------------ the step
-    def _train_step(self, x0):
-        """Algorithm 1 on one batch; returns (mean loss, weighted per-example loss (B,), t (B,))."""
+    def drop_labels(self, labels):
+        """Classifier-free guidance training (Ho & Salimans 2022): each label kind of each image is
+        replaced by its "no label" token independently with probability ``config.label_dropout``, so
+        one network learns the conditional and the unconditional model. labels (B, K) int32."""
+        labels = tf.cast(labels, tf.int32)
+        drop = self.rng.uniform(tf.shape(labels)) < self.config.label_dropout
+        null = tf.broadcast_to(tf.constant(self.num_classes, tf.int32), tf.shape(labels))
+        return tf.where(drop, null, labels)
+
+    def _train_step(self, x0, labels=None):
+        """Algorithm 1 on one batch; returns (mean loss, weighted per-example loss (B,), t (B,)).
+        ``labels`` (B, K) int32 for a conditional U-Net (``build_unet(num_classes=...)``)."""
         c = self.config
         batch = tf.shape(x0)[0]
         with tf.name_scope("noising"):      # the scopes name the parts of the bench's step profile
@@ -251,8 +266,9 @@ class Trainer:
             target = noise if c.prediction == "eps" else velocity(x0, noise, t, self.schedule)
             weight = tf.cast(loss_weight(t, self.schedule, c.prediction, c.loss_weighting, c.snr_gamma),
                              x0.dtype)
+            inputs = [x_t, t] if labels is None else [x_t, t, self.drop_labels(labels)]
         with tf.GradientTape() as tape:
-            out = tf.cast(self.model([x_t, t], training=True), x0.dtype)
+            out = tf.cast(self.model(inputs, training=True), x0.dtype)
             with tf.name_scope("loss"):
                 per_example = weight * tf.reduce_mean(tf.square(target - out), axis=[1, 2, 3])
                 loss = tf.reduce_mean(per_example)
@@ -266,6 +282,16 @@ class Trainer:
         self.step.assign_add(1)
         return loss, per_example, t
 
+    def _split(self, batch):
+        """(images, labels or None) from a batch; a conditional U-Net needs the labels."""
+        x0, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)
+        if (labels is None) != (self.num_classes is None):
+            raise ValueError("a conditional U-Net trains on (images, labels) batches, an unconditional one on "
+                             "images alone: make_dataset(images, batch, labels=...) gives the pairs"
+                             if labels is None else "labels were given to an unconditional U-Net: build it "
+                             "with build_unet(..., num_classes=...) to use them")
+        return x0, labels
+
     def time_steps(self, x0, num_steps: int = 8, warmup: int = 2) -> float:
         """Seconds per compiled training step on batch ``x0``, measured over ``num_steps`` steps after
         ``warmup`` untimed ones (the first traces the step; the next ones are still slower).
@@ -275,19 +301,20 @@ class Trainer:
                      + [self.step, self.rng.state])
         saved = [v.numpy() for v in variables]
         for _ in range(warmup):
-            float(self._compiled_step(x0)[0])
+            float(self._compiled_step(*self._split(x0))[0])
         t0 = time.perf_counter()
         for _ in range(num_steps):
-            loss, _, _ = self._compiled_step(x0)
+            loss, _, _ = self._compiled_step(*self._split(x0))
         float(loss)                                    # wait for the last step to finish
         seconds = (time.perf_counter() - t0) / num_steps
         for v, value in zip(variables, saved):
             v.assign(value)
         return seconds
 
-    def train_step(self, x0) -> float:
-        """One compiled step; raises ``TrainingDiverged`` on a NaN/Inf loss (nothing is saved)."""
-        loss, per_example, t = self._compiled_step(x0)
+    def train_step(self, batch) -> float:
+        """One compiled step on ``batch`` (images, or (images, labels) for a conditional U-Net);
+        raises ``TrainingDiverged`` on a NaN/Inf loss (nothing is saved)."""
+        loss, per_example, t = self._compiled_step(*self._split(batch))
         loss = float(loss)
         if not math.isfinite(loss):
             raise TrainingDiverged(self._divergence_message(loss))
@@ -364,9 +391,10 @@ class Trainer:
         batches = iter(dataset.repeat())
         t_last, n_images = time.perf_counter(), 0
         while int(self.step.numpy()) < total_steps:
-            x0 = next(batches)
+            batch = next(batches)
+            x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
             t0 = time.perf_counter()
-            loss = self.train_step(x0)
+            loss = self.train_step(batch)
             now = time.perf_counter()
             self._elapsed += now - t0
             step = int(self.step.numpy())

@@ -49,3 +49,43 @@ def test_labels_change_the_output_and_the_model_saves_and_loads(tmp_path):
     np.testing.assert_array_equal(loaded([x, t, labels]).numpy(), model([x, t, labels]).numpy())
     with pytest.raises(ValueError, match="num_classes"):
         build_unet({**SMALL, "num_classes": (5, 0)})
+
+
+def test_label_dropout_rate_is_what_was_asked_per_kind_and_independent():
+    from ddpm_lessons.schedule import NoiseSchedule
+    from ddpm_lessons.training import Trainer, TrainConfig
+    p = 0.2
+    trainer = Trainer(build_unet({**SMALL, "num_classes": CLASSES}), NoiseSchedule.from_kind("cosine", 100),
+                      TrainConfig(label_dropout=p, jit_compile=False))
+    labels = np.tile(np.array([[1, 2]], np.int32), (4000, 1))
+    dropped = np.concatenate([trainer.drop_labels(labels).numpy() for _ in range(5)])   # 20,000 images
+    null = dropped == np.array(CLASSES)
+    assert np.all(np.where(null, True, dropped == labels[0])), "a label is kept or becomes 'no label'"
+    n = len(null)
+    for k in range(2):                                              # each kind at rate p (4 SE)
+        assert abs(null[:, k].mean() - p) < 4 * np.sqrt(p * (1 - p) / n), null[:, k].mean()
+    both = (null[:, 0] & null[:, 1]).mean()                          # independent: p^2 (4 SE)
+    assert abs(both - p * p) < 4 * np.sqrt(p * p * (1 - p * p) / n), both
+
+
+def test_conditional_training_step_on_labelled_batches():
+    from ddpm_lessons.data import make_dataset
+    from ddpm_lessons.schedule import NoiseSchedule
+    from ddpm_lessons.training import Trainer, TrainConfig
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    labels = np.stack([np.arange(16) % 5, np.arange(16) % 6], axis=1)
+    ds = make_dataset(images, 8, labels=labels, seed=0)
+    x, y = next(iter(ds))
+    assert x.shape == (8, 8, 8, 3) and y.shape == (8, 2) and y.dtype == tf.int32
+    # the pairing survives the shuffle: each batch row's label is its image's
+    index = {img.tobytes(): i for i, img in enumerate(images)}
+    for xi, yi in zip(((x.numpy() + 1) * 127.5).round().astype(np.uint8), y.numpy()):
+        i = index.get(xi.tobytes(), index.get(xi[:, ::-1].tobytes()))     # maybe flipped
+        assert i is not None and tuple(yi) == tuple(labels[i])
+    trainer = Trainer(build_unet({**SMALL, "num_classes": CLASSES}), NoiseSchedule.from_kind("cosine", 100),
+                      TrainConfig(jit_compile=False, warmup_steps=1))
+    history = trainer.fit(ds, 3, progress=False)
+    assert np.all(np.isfinite(history["loss"])) and int(trainer.step.numpy()) == 3
+    with pytest.raises(ValueError, match="labels"):
+        trainer.train_step(x)                                        # a conditional U-Net needs labels

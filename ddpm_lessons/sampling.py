@@ -561,21 +561,75 @@ def model_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str =
     return fns[key]
 
 
+def guided_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str = "eps"):
+    """``eps_fn(x, t)`` for a conditional U-Net with classifier-free guidance (Ho & Salimans 2022):
+
+        eps = eps_uncond + w (eps_cond - eps_uncond)
+
+    w = 0 is the unconditional model, w = 1 the conditional one, w > 1 pushes further towards the
+    labels. Both halves come from one forward pass on the doubled batch [x, x], [t, t],
+    [labels, "no label"]. The labels (B, K) and w live in ``fn.labels`` and ``fn.guidance``
+    (tf.Variables, set before each batch), so one compiled sampling loop serves every batch and w."""
+    if prediction not in ("eps", "v"):
+        raise ValueError(f"unknown prediction {prediction!r}; choose 'eps' or 'v'")
+    num_classes = model.get_layer("label_embedding").num_classes
+    key = ("guided", prediction, id(schedule) if prediction == "v" else None)
+    fns = model.__dict__.setdefault("_ddpm_eps_fns", {})
+    if key not in fns:
+        labels = tf.Variable(tf.zeros([0, len(num_classes)], tf.int32), shape=tf.TensorShape([None, len(num_classes)]),
+                             trainable=False)
+        guidance = tf.Variable(1.0, trainable=False)
+
+        def fn(x, t):
+            b = tf.shape(x)[0]
+            null = tf.broadcast_to(tf.constant(num_classes, tf.int32), tf.shape(labels))
+            xx, tt = tf.concat([x, x], 0), tf.concat([t, t], 0)
+            out = tf.cast(model([xx, tt, tf.concat([labels, null], 0)], training=False), x.dtype)
+            if prediction == "v":
+                out = eps_from_v(xx, tt, out, schedule)
+            cond, uncond = out[:b], out[b:]
+            return uncond + tf.cast(guidance, x.dtype) * (cond - uncond)
+
+        fn.labels, fn.guidance = labels, guidance
+        fns[key] = fn
+    return fns[key]
+
+
+def is_conditional(model) -> bool:
+    """True for a U-Net built with ``num_classes`` (it takes labels)."""
+    return any(layer.name == "label_embedding" for layer in model.layers)
+
+
 def generate(model, schedule: NoiseSchedule, num_images: int, sampler="ddim", steps=50, eta=1.0,
              seed=0, batch_size=64, prediction="eps", spacing="uniform", sigma_max=None, churn=0.0,
-             clip_x0=1.0):
+             clip_x0=1.0, labels=None, guidance=1.0):
     """Images (num_images, H, W, C) from a trained U-Net, x0_hat clipped to [-1, 1] (``clip_x0``).
 
     sampler and its options: see ``sample``. Drawn in batches of ``batch_size``; batch i uses seed
-    ``seed + i``. ``prediction``: what the network predicts ("eps" or "v").
+    ``seed + i``. ``prediction``: what the network predicts ("eps" or "v"). A conditional U-Net
+    samples with classifier-free guidance (``guided_eps_fn``): ``labels`` (num_images, K) ints, with
+    the "no label" token (num_classes[k]) where a kind is not asked for (None: no label at all), and
+    ``guidance`` w.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
-    eps_fn = model_eps_fn(model, schedule, prediction)
+    conditional = is_conditional(model)
+    if labels is not None and not conditional:
+        raise ValueError("labels were given for an unconditional U-Net: build it with num_classes to use them")
+    if conditional:
+        eps_fn = guided_eps_fn(model, schedule, prediction)
+        num_classes = model.get_layer("label_embedding").num_classes
+        labels = (np.tile(np.asarray(num_classes, np.int32), (num_images, 1)) if labels is None
+                  else np.asarray(labels, np.int32).reshape(num_images, len(num_classes)))
+        eps_fn.guidance.assign(float(guidance))
+    else:
+        eps_fn = model_eps_fn(model, schedule, prediction)
     size, channels = model.input_shape[0][1], model.input_shape[0][3]
     out = []
     for i, start in enumerate(range(0, num_images, batch_size)):
         shape = (min(batch_size, num_images - start), size, size, channels)
+        if conditional:
+            eps_fn.labels.assign(labels[start:start + shape[0]])
         out.append(sample(eps_fn, shape, schedule, sampler=sampler, steps=steps, eta=eta, seed=seed + i,
                           clip_x0=clip_x0, spacing=spacing, sigma_max=sigma_max, churn=churn))
     return np.concatenate(out)

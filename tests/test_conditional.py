@@ -89,3 +89,42 @@ def test_conditional_training_step_on_labelled_batches():
     assert np.all(np.isfinite(history["loss"])) and int(trainer.step.numpy()) == 3
     with pytest.raises(ValueError, match="labels"):
         trainer.train_step(x)                                        # a conditional U-Net needs labels
+
+
+def test_guided_eps_is_one_batched_pass_and_w_0_1_are_the_two_models():
+    from ddpm_lessons.sampling import guided_eps_fn
+    tf.keras.utils.set_random_seed(0)
+    model = build_unet({**SMALL, "num_classes": CLASSES})
+    random_weights(model, seed=3)
+    fn = guided_eps_fn(model)
+    assert guided_eps_fn(model) is fn, "one function per model: its sampling loops are reused"
+    x = tf.random.stateless_normal([3, 8, 8, 3], seed=[4, 5])
+    t = tf.constant([5, 50, 90])
+    labels = np.array([[0, 1], [4, 6], [5, 2]], np.int32)
+    cond = model([x, t, tf.constant(labels)]).numpy()                 # two separate forward passes
+    uncond = model([x, t, tf.constant(null_labels(CLASSES, 3))]).numpy()
+    fn.labels.assign(labels)
+    for w in (0.0, 1.0, 2.5):
+        fn.guidance.assign(w)
+        np.testing.assert_allclose(fn(x, t).numpy(), uncond + w * (cond - uncond), rtol=1e-4, atol=1e-5)
+
+
+def test_generate_with_labels_and_guidance():
+    from ddpm_lessons.sampling import generate
+    from ddpm_lessons.schedule import NoiseSchedule
+    schedule = NoiseSchedule.from_kind("cosine", 100)
+    tf.keras.utils.set_random_seed(0)
+    model = build_unet({**SMALL, "num_classes": CLASSES})
+    random_weights(model, seed=4)
+    labels = np.array([[k % 5, k % 6] for k in range(6)], np.int32)
+    opts = dict(sampler="ddim", steps=4, eta=0.0, seed=1, batch_size=4)
+    a = generate(model, schedule, 6, labels=labels, guidance=2.0, **opts)
+    b = generate(model, schedule, 6, labels=labels, guidance=2.0, **opts)
+    c = generate(model, schedule, 6, labels=labels, guidance=0.0, **opts)
+    d = generate(model, schedule, 6, labels=None, **opts)              # no label at all: unconditional
+    assert a.shape == (6, 8, 8, 3) and np.all(np.abs(a) <= 1)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    np.testing.assert_allclose(c, d, atol=1e-5)      # w = 0 ignores the labels
+    with pytest.raises(ValueError, match="unconditional"):
+        generate(build_unet(SMALL), schedule, 2, labels=labels[:2], **opts)

@@ -73,6 +73,19 @@ def emoji_base_name(name: str) -> str:
     return base or name.strip()
 
 
+def subfolder_labels(report) -> tuple[np.ndarray, list]:
+    """One label kind from the first level of sub-folders, for conditional training: (labels (N, 1)
+    int32 in the order of ``report.used``, class names = the sorted sub-folder names). A picture at
+    the folder's top level gets the "no label" token (= the number of classes)."""
+    tops = [Path(rel).parts[0] if len(Path(rel).parts) > 1 else None for rel in report.used]
+    names = sorted({t for t in tops if t is not None})
+    if not names:
+        raise ValueError(f"{report.path} has no sub-folders with pictures: conditional training takes its "
+                         "classes from the first level of sub-folders (one folder per class)")
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([[index.get(t, len(names))] for t in tops], np.int32), names
+
+
 # ----------------------------------------------------------------------------- the report
 
 @dataclass(repr=False)

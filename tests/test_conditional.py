@@ -178,3 +178,29 @@ def test_guided_ddpm_on_gaussians_follows_the_exact_recursion(w):
     assert abs(x.mean() - m) < 4 * np.sqrt(v / x.size), (x.mean(), m)
     assert abs(x.var() / v - 1) < 4 * np.sqrt(2.0 / x.size), (x.var(), v)
     assert abs(m - target) < 0.05 * abs(target) + 1e-3, "the exact recursion ends near the guided target"
+
+
+def test_subfolder_labels_map_to_the_right_files(tmp_path):
+    from PIL import Image
+    from ddpm_lessons.data import read_image_folder, subfolder_labels
+    rng = np.random.default_rng(0)
+    layout = {"cats/a.png": 0, "cats/deep/b.png": 0, "dogs/c.png": 1, "zebras/d.png": 2, "top.png": None}
+    colours = {}
+    for k, rel in enumerate(layout):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        colour = (40 * k, 255 - 40 * k, 17 * k)                    # a different flat colour per file
+        colours[rel] = colour
+        Image.fromarray(np.full((20, 20, 3), colour, np.uint8)).save(path)
+    images, report = read_image_folder(tmp_path, 16)
+    labels, names = subfolder_labels(report)
+    assert names == ["cats", "dogs", "zebras"] and labels.shape == (5, 1) and labels.dtype == np.int32
+    for image, label, rel in zip(images, labels[:, 0], report.used):
+        want = layout[rel]
+        assert label == (len(names) if want is None else want), rel        # top level: "no label"
+        assert tuple(image[8, 8]) == colours[rel]                          # the label sits with its picture
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(flat / "x.png")
+    with pytest.raises(ValueError, match="sub-folders"):
+        subfolder_labels(read_image_folder(flat, 16)[1])

@@ -73,6 +73,24 @@ def emoji_base_name(name: str) -> str:
     return base or name.strip()
 
 
+# The shipped portraits' two label kinds (labels.csv): the face-* subcategories merged into "face".
+SUBCATEGORIES = ("face", "person", "person-gesture", "person-role", "person-fantasy")
+SKIN_TONES = ("none", "light", "medium-light", "medium", "medium-dark", "dark")
+
+
+def emoji_labels(files, rows=None) -> np.ndarray:
+    """(N, 2) int32 labels of the shipped portraits, in the order of ``files`` (e.g. ``report.used``):
+    column 0 the subcategory (index into SUBCATEGORIES, face-* merged), column 1 the skin tone
+    (index into SKIN_TONES). ``rows``: ``read_labels()`` by default."""
+    by_file = {r["file"]: r for r in (read_labels() if rows is None else rows)}
+    out = []
+    for f in files:
+        r = by_file[Path(f).name]
+        sub = "face" if r["subcategory"].startswith("face") else r["subcategory"]
+        out.append((SUBCATEGORIES.index(sub), SKIN_TONES.index(r["skin_tone"])))
+    return np.array(out, np.int32).reshape(-1, 2)
+
+
 def subfolder_labels(report) -> tuple[np.ndarray, list]:
     """One label kind from the first level of sub-folders, for conditional training: (labels (N, 1)
     int32 in the order of ``report.used``, class names = the sorted sub-folder names). A picture at

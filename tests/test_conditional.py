@@ -204,3 +204,15 @@ def test_subfolder_labels_map_to_the_right_files(tmp_path):
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(flat / "x.png")
     with pytest.raises(ValueError, match="sub-folders"):
         subfolder_labels(read_image_folder(flat, 16)[1])
+
+
+def test_emoji_labels_of_the_shipped_portraits():
+    from ddpm_lessons.data import SKIN_TONES, SUBCATEGORIES, emoji_labels, read_labels
+    rows = read_labels()
+    files = [r["file"] for r in rows]
+    labels = emoji_labels(files, rows)
+    assert labels.shape == (len(rows), 2) and labels.dtype == np.int32
+    for r, (sub, tone) in zip(rows, labels):
+        assert SUBCATEGORIES[sub] == ("face" if r["subcategory"].startswith("face") else r["subcategory"])
+        assert SKIN_TONES[tone] == r["skin_tone"]
+    assert set(labels[:, 0]) == set(range(5)) and set(labels[:, 1]) == set(range(6))

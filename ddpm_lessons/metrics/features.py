@@ -17,14 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import to_unit_range
+from ..data import SKIN_TONES, SUBCATEGORIES, emoji_labels, to_unit_range
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"      # ddpm_lessons/assets
 FEATURE_WEIGHTS = ASSETS / "feature_net.weights.h5"
 FEATURE_INFO = ASSETS / "feature_net.json"
 FEATURE_SIZE = 32                  # the feature network sees 32x32 images
-SUBCATEGORIES = ("face", "person", "person-gesture", "person-role", "person-fantasy")
-SKIN_TONES = ("none", "light", "medium-light", "medium", "medium-dark", "dark")
 
 
 # ============================================================================ image helpers
@@ -80,17 +78,6 @@ def build_feature_net(widths=(32, 64, 128), num_subcategories=len(SUBCATEGORIES)
     return keras.Model(inp, [sub, tone], name="feature_net")
 
 
-def _label_arrays(files, rows):
-    by_file = {r["file"]: r for r in rows}
-    sub, tone = [], []
-    for f in files:
-        r = by_file[Path(f).name]
-        s = "face" if r["subcategory"].startswith("face") else r["subcategory"]
-        sub.append(SUBCATEGORIES.index(s))
-        tone.append(SKIN_TONES.index(r["skin_tone"]))
-    return np.array(sub, np.int32), np.array(tone, np.int32)
-
-
 def feature_split(n: int, held_out: float = 0.15, seed: int = 0):
     """(train indices, held-out indices) of a fixed random split of n images."""
     order = np.random.default_rng(seed).permutation(n)
@@ -103,7 +90,7 @@ def load_labelled_data(path=None, size: int = FEATURE_SIZE):
     from ..data import default_dataset_path, read_image_folder, read_labels
     path = default_dataset_path() if path is None else Path(path)
     images, report = read_image_folder(path, size)
-    sub, tone = _label_arrays(report.used, read_labels(path))
+    sub, tone = emoji_labels(report.used, read_labels(path)).T
     return images, sub, tone
 
 

@@ -9,6 +9,8 @@
 #                        PRECISION=float32 turns bfloat16 training off (default auto: bfloat16
 #                        where the CPU has AVX512_BF16 or AMX),
 #                        RUNS=dir keeps run folders somewhere else than runs/,
+#                        CONDITIONAL=1 trains a class-conditional U-Net for guidance (lesson 13):
+#                        classes from the folder's sub-folders (shipped data: subcategory, skin tone),
 #                        PROGRESS=lines|bar: training progress as a line every 10 s or one line that
 #                        updates (default: bar in a terminal, lines into a file or a pipe)
 #   make generate RUN=runs/<run> N=100   N new PNG files from a run's EMA weights (SEED=0)
@@ -33,6 +35,7 @@ RUNS ?= runs
 DATA ?=
 SIZE ?= 0
 CONTINUE ?= 0
+CONDITIONAL ?= 0
 PROGRESS ?=
 RUN ?=
 N ?= 100
@@ -58,7 +61,8 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	@run=$$(DDPM_PROFILE=$(PROFILE) $(BIN)/python -m ddpm_lessons.runs prepare --runs "$(RUNS)" \
 	  --data "$(DATA)" --size $(SIZE) --steps $(STEPS) --init "$(INIT)" --precision "$(PRECISION)" \
-	  $(if $(filter 1,$(FRESH)),--fresh) $(if $(filter 1,$(CONTINUE)),--continue)) || exit 2; \
+	  $(if $(filter 1,$(FRESH)),--fresh) $(if $(filter 1,$(CONTINUE)),--continue) \
+	  $(if $(filter 1,$(CONDITIONAL)),--conditional)) || exit 2; \
 	progress="$(PROGRESS)"; test -n "$$progress" || { test -t 1 && progress=bar || progress=lines; }; \
 	echo "run folder: $$run" && \
 	DDPM_PROFILE=$(PROFILE) DDPM_PROGRESS=$$progress $(BIN)/python -m ddpm_lessons.runs execute "$$run"

@@ -104,6 +104,20 @@ def subfolder_labels(report) -> tuple[np.ndarray, list]:
     return np.array([[index.get(t, len(names))] for t in tops], np.int32), names
 
 
+EMOJI_LABEL_KINDS = (("subcategory", SUBCATEGORIES), ("skin tone", SKIN_TONES))
+
+
+def class_labels(report) -> tuple[np.ndarray, list]:
+    """Labels for conditional training (lesson 13): (labels (N, K) int32 in the order of
+    ``report.used``, kinds = [(kind name, class names), ...]). The shipped portraits have two kinds
+    (``emoji_labels``: subcategory and skin tone); any other folder has one, its first level of
+    sub-folders (``subfolder_labels``; a folder without sub-folders raises ``ValueError``)."""
+    if Path(report.path).resolve() == default_dataset_path().resolve():
+        return emoji_labels(report.used, read_labels(report.path)), [(k, list(c)) for k, c in EMOJI_LABEL_KINDS]
+    labels, names = subfolder_labels(report)
+    return labels, [("folder", names)]
+
+
 # ----------------------------------------------------------------------------- the report
 
 @dataclass(repr=False)

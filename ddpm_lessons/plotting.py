@@ -50,6 +50,24 @@ def show_images(images, ncols: int = 8, title: str | None = None, ax=None, size:
     return ax
 
 
+def show_labelled_grid(images, ncols: int, row_names=(), col_names=(), col_group: int = 1, ax=None,
+                       title: str | None = None, size: float = 0.5):
+    """``show_images`` with a name left of each row and above each group of ``col_group`` columns
+    (e.g. lesson 13: one row per class, one group of columns per guidance scale); returns the Axes."""
+    import matplotlib.pyplot as plt
+    images = np.asarray(images)
+    h, w = images.shape[1:3]
+    rows = -(-len(images) // ncols)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(size * ncols + 1.5, size * rows + 0.6))
+    show_images(images, ncols, title, ax)
+    for i, name in enumerate(row_names):
+        ax.text(-2, i * (h + 1) + h / 2, name, ha="right", va="center", fontsize=8)
+    for j, name in enumerate(col_names):
+        ax.text((j * col_group + col_group / 2) * (w + 1) - 1, -2, name, ha="center", va="bottom", fontsize=8)
+    return ax
+
+
 def save_grid(path, images, ncols: int = 8) -> None:
     """Write an image grid as a PNG file (no matplotlib needed)."""
     from PIL import Image

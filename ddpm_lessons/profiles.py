@@ -38,6 +38,7 @@ class Profile:
     attention_resolutions: tuple = (8,)  # feature-map sizes that get self-attention
     dropout: float = 0.0
     groups: int = 8            # GroupNorm groups
+    num_classes: tuple | None = None  # conditional U-Net: classes per label kind, e.g. (5, 6); None: unconditional
     precision: str = "auto"   # training compute: "float32", "bfloat16", "float16" or "auto" (resolve_precision)
     # training
     batch_size: int = 32
@@ -52,6 +53,7 @@ class Profile:
     prediction: str = "eps"    # the network's target: "eps" (Ho et al.) or "v" (Salimans & Ho 2022)
     loss_weighting: str = "none"   # "none" (L_simple) or "min-snr" (Hang et al. 2023)
     snr_gamma: float = 5.0     # gamma of min-SNR weighting: w = min(SNR, gamma) / SNR (eps), / (SNR + 1) (v)
+    label_dropout: float = 0.15    # conditional: each label kind -> "no label" with this probability (lesson 13)
     # sampling
     sampler: str = "ddim"      # "ddim" (any steps, eta below), "dpm++2m", "heun" (EDM) or "ddpm" (all T steps)
     sample_steps: int = 50     # steps of the sampler used for previews and final grids (heun: noise levels)
@@ -87,6 +89,9 @@ class Profile:
         need(self.warmup_steps >= 0, "warmup_steps", "must be 0 or more")
         need(0 <= self.ema_decay < 1, "ema_decay", "must lie in [0, 1), e.g. 0.999")
         need(0 <= self.dropout < 1, "dropout", "must lie in [0, 1)")
+        need(self.num_classes is None or (len(self.num_classes) >= 1 and all(int(n) >= 1 for n in self.num_classes)),
+             "num_classes", "must be None (unconditional) or one positive class count per label kind, e.g. (5, 6)")
+        need(0 <= self.label_dropout < 1, "label_dropout", "must lie in [0, 1), e.g. 0.15")
         need(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
         need(self.schedule in ("linear", "cosine"), "schedule", "must be 'linear' or 'cosine'")
         need(self.prediction in ("eps", "v"), "prediction", "must be 'eps' or 'v'")

@@ -15,7 +15,8 @@ run: ``settings.json`` (the profile's knobs, the data folder and a fingerprint o
 
 The command line is what ``make train`` and ``make generate`` call::
 
-    python -m ddpm_lessons.runs prepare [--data DIR] [--size S] [--steps N] [--precision P] [--fresh] [--continue]
+    python -m ddpm_lessons.runs prepare [--data DIR] [--size S] [--steps N] [--precision P] [--conditional]
+                                        [--fresh] [--continue]
     python -m ddpm_lessons.runs execute RUN [--progress bar|lines]
     python -m ddpm_lessons.runs generate RUN [-n 100] [--seed 0] [--out DIR]
 
@@ -150,18 +151,20 @@ def read_settings(run) -> dict:
     p = dict(saved["profile"])
     for key in ("channel_mults", "attention_resolutions"):
         p[key] = tuple(p[key])
+    if p.get("num_classes") is not None:
+        p["num_classes"] = tuple(p["num_classes"])
     known = {f.name for f in dataclasses.fields(Profile)}
     saved["profile"] = Profile(**{k: v for k, v in p.items() if k in known})
     return saved
 
 
-def _run_matches(run: Path, data_path: str, profile_name: str, image_size: int) -> bool:
+def _run_matches(run: Path, data_path: str, profile_name: str, image_size: int, conditional: bool) -> bool:
     try:
         s = read_settings(run)
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return (s.get("data", {}).get("path") == data_path and s["profile"].name == profile_name
-            and s["profile"].image_size == image_size)
+            and s["profile"].image_size == image_size and (s["profile"].num_classes is not None) == conditional)
 
 
 def locked_by_another(lock: Path) -> bool:
@@ -184,14 +187,14 @@ def locked_by_another(lock: Path) -> bool:
         return True
 
 
-def find_unfinished_run(root, data_path: str, profile_name: str, image_size: int):
-    """The newest run under ``root`` on the same folder, profile and image size, if it is
+def find_unfinished_run(root, data_path: str, profile_name: str, image_size: int, conditional: bool = False):
+    """The newest run under ``root`` on the same folder, profile, image size and conditioning, if it is
     unfinished (no ``finished.json``) and no other process trains in it; else None."""
     root = Path(root)
     if not root.is_dir():
         return None
     runs = sorted((p for p in root.iterdir() if p.is_dir() and p.name[:8].isdigit()
-                   and _run_matches(p, data_path, profile_name, image_size)), key=lambda p: p.name)
+                   and _run_matches(p, data_path, profile_name, image_size, conditional)), key=lambda p: p.name)
     if runs and not (runs[-1] / "finished.json").exists() \
             and not locked_by_another(runs[-1] / "checkpoints" / "lock"):
         return runs[-1]
@@ -212,7 +215,7 @@ def new_run_folder(root, tag: str) -> Path:
 
 def prepare_run(root="runs", data=None, profile: Profile | None = None, image_size: int = 0,
                 steps: int = 0, fresh: bool = False, continue_changed: bool = False,
-                init_from: str = "", precision: str = ""):
+                init_from: str = "", precision: str = "", conditional: bool = False):
     """Check the folder, then pick the run folder: returns ``(run_path, plan)``.
 
     data: a folder of pictures (None or "": the shipped emoji portraits). The folder is read
@@ -223,6 +226,9 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
     (``default_train_steps``) unless ``steps`` is given, and a batch no larger than the folder.
     ``precision`` ("float32", "bfloat16", "auto"; "" keeps the profile's) sets the training compute
     of a new or a continued run (checkpoints hold float32 weights either way).
+    ``conditional``: train a class-conditional U-Net (lesson 13) on the folder's labels
+    (``data.class_labels``: the shipped portraits' subcategory and skin tone, else the first level of
+    sub-folders); ``settings.json`` records the class names under "labels".
     """
     from .data import default_dataset_path
     profile = profile or get_profile()
@@ -236,8 +242,20 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
     data_path = str(folder.resolve())
     n = report.num_images
     plan = {"images": n, "report": report, "grayscale": is_grayscale(images), "notes": []}
+    kinds = None
+    if conditional:
+        from .data import class_labels
+        try:
+            labels, kinds = class_labels(report)
+        except ValueError as err:
+            raise UserError(f"{err}; or train without CONDITIONAL=1") from None
+        profile = profile.replace(num_classes=tuple(len(names) for _, names in kinds))
+        unlabelled = int(np.sum(labels[:, 0] == len(kinds[0][1])))
+        if unlabelled:
+            plan["notes"].append(f"{unlabelled} pictures lie at the folder's top level, in no sub-folder: "
+                                 "they train with the 'no label' token")
 
-    run = None if fresh else find_unfinished_run(root, data_path, profile.name, profile.image_size)
+    run = None if fresh else find_unfinished_run(root, data_path, profile.name, profile.image_size, conditional)
     if run is not None:
         saved = read_settings(run)
         old_files = json.loads((run / "data_files.json").read_text()) if (run / "data_files.json").exists() else {}
@@ -275,6 +293,7 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
     (run / "settings.json").write_text(json.dumps({
         "profile": dataclasses.asdict(settings), "init_from": init_from, "grayscale": plan["grayscale"],
         "notes": plan["notes"],
+        **({"labels": [{"kind": kind, "classes": names} for kind, names in kinds]} if kinds else {}),
         "data": {"path": data_path, "fingerprint": fingerprint(files), "files": len(files), "images": n},
     }, indent=1))
     plan.update(run=run, settings=settings, continued=False)
@@ -297,6 +316,9 @@ def describe_run(run) -> str:
              f"  network     base width {s.base_width}, width mults {','.join(map(str, s.channel_mults))}, "
              f"{s.num_res_blocks} res block{'s' * (s.num_res_blocks != 1)} per level; {s.schedule} schedule, "
              f"learning rate {s.learning_rate:g}, EMA decay {s.ema_decay:g}"]
+    for kind in saved.get("labels", []):
+        lines.append(f"  labels      {kind['kind']}: {len(kind['classes'])} class{'es' * (len(kind['classes']) != 1)} ({', '.join(kind['classes'][:6])}"
+                     f"{', ...' if len(kind['classes']) > 6 else ''}), each dropped with p = {s.label_dropout:g}")
     lines += [f"  note: {note}" for note in saved.get("notes", [])]
     return "\n".join(lines)
 
@@ -486,6 +508,9 @@ def main(argv=None) -> int:
     a.add_argument("--steps", type=int, default=0, help="training steps (default: by the folder's size)")
     a.add_argument("--init", default="", help="'reference' = start from the shipped emoji weights")
     a.add_argument("--precision", default="", help="training compute: auto (default), float32 or bfloat16")
+    a.add_argument("--conditional", action="store_true",
+                   help="class-conditional training (lesson 13): labels from the folder's sub-folders "
+                        "(the shipped portraits: subcategory and skin tone)")
     a.add_argument("--fresh", action="store_true", help="start a new run even if one is unfinished")
     a.add_argument("--continue", dest="continue_changed", action="store_true",
                    help="go on with an unfinished run although its folder changed")
@@ -512,9 +537,12 @@ def main(argv=None) -> int:
             if args.init == "reference" and (profile.name != "cpu" or args.size not in (0, profile.image_size)):
                 raise UserError("INIT=reference needs PROFILE=cpu at its image size (no SIZE=): the shipped "
                                 "weights are the cpu profile's U-Net at 32x32")
+            if args.init == "reference" and args.conditional:
+                raise UserError("INIT=reference and CONDITIONAL=1 cannot go together: the shipped weights are "
+                                "an unconditional U-Net; a conditional one trains from scratch")
             try:
                 run, plan = prepare_run(args.runs, args.data, profile, args.size, args.steps, args.fresh,
-                                        args.continue_changed, args.init, args.precision)
+                                        args.continue_changed, args.init, args.precision, args.conditional)
             except ValueError as err:        # e.g. SIZE=30 that the U-Net cannot halve
                 raise UserError(str(err)) from None
             print(run)            # the notebook prints the folder's report and the plan

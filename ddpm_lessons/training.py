@@ -73,7 +73,7 @@ class TrainConfig:
         """The training knobs of a ``Profile`` (learning rate, warm-up, clip, EMA, checkpoints,
         target and loss weighting); ``changes`` override them."""
         keys = ("learning_rate", "warmup_steps", "grad_clip", "ema_decay", "checkpoint_every",
-                "prediction", "loss_weighting", "snr_gamma")
+                "prediction", "loss_weighting", "snr_gamma", "label_dropout")
         return cls(**{**{k: getattr(profile, k) for k in keys}, **changes})
 
 

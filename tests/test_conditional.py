@@ -216,3 +216,63 @@ def test_emoji_labels_of_the_shipped_portraits():
         assert SUBCATEGORIES[sub] == ("face" if r["subcategory"].startswith("face") else r["subcategory"])
         assert SKIN_TONES[tone] == r["skin_tone"]
     assert set(labels[:, 0]) == set(range(5)) and set(labels[:, 1]) == set(range(6))
+
+
+def test_a_conditional_run_records_its_classes_and_is_kept_apart(tmp_path):
+    from test_runs import make_folder, prepare
+    from ddpm_lessons import runs
+    folder, root = make_folder(tmp_path / "pics"), tmp_path / "runs"     # 7 pictures in sub/, 13 on top
+    run, plan = prepare(root, folder, conditional=True)
+    saved = runs.read_settings(run)
+    assert saved["profile"].num_classes == (1,) and saved["labels"] == [{"kind": "folder", "classes": ["sub"]}]
+    assert any("13 pictures" in note and "no label" in note for note in plan["notes"])
+    assert "folder: 1 class (sub)" in runs.describe_run(run)
+    plain, _ = prepare(root, folder)                                    # unconditional: another run
+    assert plain != run and runs.read_settings(plain)["profile"].num_classes is None
+    again, _ = prepare(root, folder, conditional=True)                  # conditional again: continued
+    assert again == run
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in sorted((folder).glob("*.png"))[:4]:
+        (flat / p.name).write_bytes(p.read_bytes())
+    with pytest.raises(runs.UserError, match="sub-folders"):
+        prepare(root, flat, conditional=True)
+    code = runs.main(["prepare", "--runs", str(root), "--data", str(folder), "--init", "reference", "--conditional"])
+    assert code == 2
+
+
+def test_the_shipped_portraits_give_two_label_kinds_and_a_conditional_profile():
+    from ddpm_lessons.data import class_labels, default_dataset_path, read_image_folder
+    from ddpm_lessons.profiles import get_profile
+    _, report = read_image_folder(default_dataset_path(), 16)
+    labels, kinds = class_labels(report)
+    assert [k for k, _ in kinds] == ["subcategory", "skin tone"] and labels.shape == (report.num_images, 2)
+    p = get_profile("tiny").replace(num_classes=(5, 6))
+    assert [i.name for i in build_unet(p).inputs] == ["x_t", "t", "labels"]
+    for bad in ((), (5, 0)):
+        with pytest.raises(ValueError, match="num_classes"):
+            get_profile("tiny").replace(num_classes=bad)
+
+
+def test_guidance_measures():
+    from ddpm_lessons.guidance import agreement, class_diversity, proportional_labels, requests
+    r = requests((5, 6), 0, 10)
+    assert r.shape == (10, 2) and np.all(r[:, 1] == 6) and np.all(np.bincount(r[:, 0]) == 2)
+    a = agreement([0, 1, 1, 2, 2, 2], [0, 0, 1, 2, 2, 2], 4)
+    assert a["per_class"][:3] == [0.5, 1.0, 1.0] and np.isnan(a["per_class"][3]) and a["macro"] == pytest.approx(2.5 / 3)
+    f = np.array([[0.0, 0], [3, 4], [10, 10], [10, 10]])
+    assert class_diversity(f, [0, 0, 1, 1], 2) == pytest.approx((5.0 + 0.0) / 2)
+    real = np.array([[0, 0]] * 90 + [[1, 1]] * 10, np.int32)
+    drawn = proportional_labels(real, 4000, seed=0)
+    assert abs(drawn[:, 0].mean() - 0.1) < 4 * np.sqrt(0.09 / 4000)
+
+
+def test_classify_images_finds_the_classes_of_real_pictures():
+    from ddpm_lessons.data import class_labels, default_dataset_path, read_image_folder
+    from ddpm_lessons.metrics import classify_images
+    images, report = read_image_folder(default_dataset_path(), 32)
+    labels, _ = class_labels(report)
+    pick = np.random.default_rng(0).choice(len(images), 200, replace=False)
+    pred = classify_images(images[pick])
+    assert pred.shape == (200, 2) and pred.dtype == np.int32
+    assert np.mean(pred == labels[pick], axis=0).min() > 0.8        # mostly training pictures: well above chance

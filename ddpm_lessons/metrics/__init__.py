@@ -32,7 +32,7 @@ from .verdict import format_verdict, verdict
 from .copies import (MemorisationCheck, feature_nearest, grouped_split, near_duplicate_groups, pixel_distances,
                      pixel_nearest)
 from .features import (ASSETS, FEATURE_INFO, FEATURE_SIZE, FEATURE_WEIGHTS, SKIN_TONES, SUBCATEGORIES,
-                       as_unit_float, build_feature_net, feature_fn, feature_info, feature_split,
+                       as_unit_float, build_feature_net, classify_images, feature_fn, feature_info, feature_split,
                        detail_feature_fn, detail_images, load_feature_net, load_labelled_data,
                        random_feature_fn, resize_images,
                        train_feature_net)

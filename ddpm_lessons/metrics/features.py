@@ -5,6 +5,7 @@
     detail_feature_fn  the same kind of network on each picture's fine detail, clip(4 (x - blur(x)))
     build_feature_net  conv3x3-BN-ReLU stack with two heads: subcategory and skin tone
     train_feature_net  reproduces the shipped weights (``assets/feature_net.weights.h5``)
+    classify_images    images -> (N, 2) predicted (subcategory, skin tone) of the shipped network's heads
     as_unit_float      uint8 or [-1, 1] floats -> float32 in [-1, 1] (every metric's input)
     resize_images      bilinear, antialiased resize (the network sees 32x32)
 """
@@ -85,20 +86,27 @@ def feature_split(n: int, held_out: float = 0.15, seed: int = 0):
     return np.sort(order[k:]), np.sort(order[:k])
 
 
-def load_labelled_data(path=None, size: int = FEATURE_SIZE):
-    """The shipped images at ``size`` (uint8) with integer labels (subcategory, skin tone)."""
-    from ..data import default_dataset_path, read_image_folder, read_labels
+def load_labelled_data(path=None, size: int = FEATURE_SIZE, with_groups: bool = False):
+    """The shipped images at ``size`` (uint8) with integer labels (subcategory, skin tone); with
+    ``with_groups`` also each image's emoji without its skin tone (``data.emoji_base_name``)."""
+    from ..data import default_dataset_path, emoji_base_name, read_image_folder, read_labels
     path = default_dataset_path() if path is None else Path(path)
     images, report = read_image_folder(path, size)
-    sub, tone = emoji_labels(report.used, read_labels(path)).T
-    return images, sub, tone
+    rows = read_labels(path)
+    sub, tone = emoji_labels(report.used, rows).T
+    if not with_groups:
+        return images, sub, tone
+    names = {r["file"]: r.get("name", r["file"]) for r in rows}
+    return images, sub, tone, np.array([emoji_base_name(names[Path(f).name]) for f in report.used])
 
 
 def train_feature_net(out_dir=ASSETS, epochs: int = 30, batch_size: int = 64, seed: int = 0,
-                      held_out: float = 0.15, verbose: int = 0) -> dict:
+                      held_out: float = 0.15, verbose: int = 0, split: str = "random") -> dict:
     """Train the feature network on the shipped data; write its weights and a JSON report.
 
-    Split: ``held_out`` of the images (fixed seed) are never trained on. Augmentation: random
+    Split: ``held_out`` of the images (fixed seed) are never trained on: a random share of the
+    images (``split="random"``, the shipped weights), or of the emoji with all their skin-tone
+    variants together (``"grouped"``: accuracy on emoji never seen in any tone; lesson 13). Augmentation: random
     left-right flips and shifts of up to 2 pixels. Adam 2e-3 with cosine decay, cross-entropy on
     both heads. Returns the report (held-out accuracy of each head, sizes, time).
     """
@@ -106,8 +114,14 @@ def train_feature_net(out_dir=ASSETS, epochs: int = 30, batch_size: int = 64, se
     import tensorflow as tf
     t0 = time.perf_counter()
     keras.utils.set_random_seed(seed)
-    images, sub, tone = load_labelled_data()
-    train, test = feature_split(len(images), held_out, seed)
+    if split not in ("random", "grouped"):
+        raise ValueError(f"split = {split!r}: give 'random' or 'grouped'")
+    images, sub, tone, groups = load_labelled_data(with_groups=True)
+    if split == "random":
+        train, test = feature_split(len(images), held_out, seed)
+    else:
+        from .copies import grouped_split
+        train, test = grouped_split(groups, held_out, seed)
     x = as_unit_float(images)
     steps = epochs * math.ceil(len(train) / batch_size)
 
@@ -132,6 +146,7 @@ def train_feature_net(out_dir=ASSETS, epochs: int = 30, batch_size: int = 64, se
     acc_sub = float(np.mean(p_sub.argmax(1) == sub[test]))
     acc_tone = float(np.mean(p_tone.argmax(1) == tone[test]))
     majority = lambda y: float(np.mean(y[test] == np.bincount(y[train]).argmax()))
+    macro = lambda pred, y: float(np.mean([np.mean(pred[y[test] == c] == c) for c in np.unique(y[test])]))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     bare = build_feature_net()              # an uncompiled copy: the file then holds no optimizer state
@@ -143,12 +158,16 @@ def train_feature_net(out_dir=ASSETS, epochs: int = 30, batch_size: int = 64, se
         "data": "data/emoji-portraits at 32x32, labels.csv (face-* subcategories merged into 'face')",
         "classes": {"subcategory": list(SUBCATEGORIES), "skin_tone": list(SKIN_TONES)},
         "images": len(images), "train_images": int(len(train)), "held_out_images": int(len(test)),
-        "split": f"held_out={held_out}, numpy default_rng({seed}).permutation",
+        "split": (f"held_out={held_out}, numpy default_rng({seed}).permutation" if split == "random" else
+                  f"held_out={held_out} of the emoji (all skin tones together), metrics.grouped_split seed {seed}"),
         "epochs": epochs, "batch_size": batch_size, "seed": seed,
         "augmentation": "random left-right flip, random shift up to 2 px (symmetric padding)",
         "optimizer": "Adam, lr 2e-3 cosine-decayed to 0, cross-entropy on both heads",
         "parameters": int(model.count_params()), "feature_dims": int(model.get_layer("features").output.shape[-1]),
         "held_out_accuracy": {"subcategory": round(acc_sub, 4), "skin_tone": round(acc_tone, 4)},
+        **({"held_out_macro_accuracy": {"subcategory": round(macro(p_sub.argmax(1), sub), 4),
+                                        "skin_tone": round(macro(p_tone.argmax(1), tone), 4)}}
+           if split == "grouped" else {}),
         "majority_class_accuracy": {"subcategory": round(majority(sub), 4),
                                     "skin_tone": round(majority(tone), 4)},
         "train_seconds": round(time.perf_counter() - t0, 1),
@@ -179,6 +198,24 @@ def load_feature_net(weights=None):
         _FEATURE_MODELS[key] = keras.Model(full.input, full.get_layer("features").output,
                                            name="features")
     return _FEATURE_MODELS[key]
+
+
+_CLASSIFIERS: dict = {}
+
+
+def classify_images(images, batch_size: int = 256) -> np.ndarray:
+    """Images (N, H, W, 3), uint8 or [-1, 1] -> (N, 2) int: the shipped network's predicted
+    subcategory (index into SUBCATEGORIES) and skin tone (into SKIN_TONES), argmax of each head."""
+    if "full" not in _CLASSIFIERS:
+        if not FEATURE_WEIGHTS.exists():
+            load_feature_net()                            # raises the message that says how to rebuild
+        full = build_feature_net()
+        full.load_weights(FEATURE_WEIGHTS)
+        _CLASSIFIERS["full"] = full
+    x = resize_images(images, FEATURE_SIZE)
+    out = [np.stack([h.numpy().argmax(1) for h in _CLASSIFIERS["full"](x[i:i + batch_size], training=False)], 1)
+           for i in range(0, len(x), batch_size)]
+    return np.concatenate(out).astype(np.int32) if out else np.zeros((0, 2), np.int32)
 
 
 def feature_info() -> dict:

@@ -432,6 +432,24 @@ class StartupLineFilter:
         self.out.flush()
 
 
+class start_up_lines_discarded:
+    """A context in which file descriptor 2 goes to /dev/null: TensorFlow's first import writes its
+    start-up lines there (``TF_STARTUP_LINE``) before any log level applies. A Python exception raised
+    inside still reaches the terminal: it is printed after the context has put stderr back."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+    def __exit__(self, *exc):
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        return False
+
+
 def execute_notebook(run, notebook=NOTEBOOK, progress: str = "") -> int:
     """Run lesson 09 headless on a run folder made by ``prepare_run`` (what ``make train`` does).
 
@@ -531,7 +549,8 @@ def main(argv=None) -> int:
                 raise UserError(f"INIT={args.init!r} is not known: leave it empty (train from scratch) or "
                                 "give INIT=reference (start from the shipped emoji weights)")
             try:
-                profile = get_profile()
+                with start_up_lines_discarded():      # get_profile imports TensorFlow to look for a GPU
+                    profile = get_profile()
             except ValueError as err:
                 raise UserError(str(err)) from None
             if args.init == "reference" and (profile.name != "cpu" or args.size not in (0, profile.image_size)):

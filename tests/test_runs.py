@@ -189,3 +189,14 @@ def test_command_line_errors_are_messages_not_tracebacks(tmp_path):
                               text=True, env=env, cwd=ROOT)
     assert bad_size.returncode == 2 and "image_size = 25" in bad_size.stderr
     assert len(list(root.iterdir())) == 1
+
+
+def test_prepare_without_a_profile_prints_no_tensorflow_start_up_lines(tmp_path):
+    """`make train` without PROFILE=: prepare imports TensorFlow to look for a GPU, and its start-up
+    lines (absl's 'WARNING: All log messages before ...', oneDNN's notice) must not reach the user."""
+    env = {"PATH": "/usr/bin:/bin"}                                       # no DDPM_PROFILE
+    out = subprocess.run([sys.executable, "-m", "ddpm_lessons.runs", "prepare", "--runs", str(tmp_path / "runs"),
+                          "--data", str(make_folder(tmp_path / "pics", n=5)), "--size", "16"],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert Path(out.stdout.strip()).parent == tmp_path / "runs"

@@ -109,8 +109,13 @@ class LabelEmbedding(layers.Layer):
         super().__init__(**kwargs)
         self.num_classes = tuple(int(n) for n in num_classes)
         self.dim = int(dim)
-        self.tables = [layers.Embedding(n + 1, self.dim, name=f"table_{k}")
-                       for k, n in enumerate(self.num_classes)]
+        for k, n in enumerate(self.num_classes):   # one attribute each: a TF checkpoint saves attributes, not lists
+            setattr(self, f"table_{k}", layers.Embedding(n + 1, self.dim, name=f"table_{k}"))
+
+    @property
+    def tables(self) -> list:
+        """The K embedding tables, table k of shape (num_classes[k] + 1, dim)."""
+        return [getattr(self, f"table_{k}") for k in range(len(self.num_classes))]
 
     def build(self, labels_shape):
         for table in self.tables:

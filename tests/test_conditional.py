@@ -276,3 +276,24 @@ def test_classify_images_finds_the_classes_of_real_pictures():
     pred = classify_images(images[pick])
     assert pred.shape == (200, 2) and pred.dtype == np.int32
     assert np.mean(pred == labels[pick], axis=0).min() > 0.8        # mostly training pictures: well above chance
+
+
+def test_a_conditional_checkpoint_restores_the_label_tables(tmp_path):
+    """The label tables must be in the training checkpoint (a list attribute was not: a resumed run, and
+    every network loaded from a checkpoint, had untrained tables while every other weight was restored)."""
+    from ddpm_lessons.schedule import NoiseSchedule
+    from ddpm_lessons.training import Trainer, TrainConfig
+    schedule = NoiseSchedule.from_kind("cosine", 100)
+    trainer = Trainer(build_unet({**SMALL, "num_classes": CLASSES}), schedule, TrainConfig(jit_compile=False),
+                      checkpoint_dir=tmp_path / "ckpt")
+    random_weights(trainer.model, seed=1)
+    random_weights(trainer.ema_model, seed=2)
+    trainer.save()
+    names = [n for n, _ in tf.train.list_variables(str(tmp_path / "ckpt"))]
+    assert any("table_0" in n for n in names) and any("table_1" in n for n in names), names
+    again = Trainer(build_unet({**SMALL, "num_classes": CLASSES}), schedule, TrainConfig(jit_compile=False),
+                    checkpoint_dir=tmp_path / "ckpt")
+    again.restore()
+    for a, b in ((trainer.model, again.model), (trainer.ema_model, again.ema_model)):
+        for wa, wb in zip(a.weights, b.weights):
+            np.testing.assert_array_equal(wa.numpy(), wb.numpy(), err_msg=wa.path)

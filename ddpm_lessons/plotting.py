@@ -60,7 +60,9 @@ def show_labelled_grid(images, ncols: int, row_names=(), col_names=(), col_group
     rows = -(-len(images) // ncols)
     if ax is None:
         _, ax = plt.subplots(figsize=(size * ncols + 1.5, size * rows + 0.6))
-    show_images(images, ncols, title, ax)
+    show_images(images, ncols, None, ax)
+    if title:
+        ax.set_title(title, pad=14 if col_names else 6)          # above the column names
     for i, name in enumerate(row_names):
         ax.text(-2, i * (h + 1) + h / 2, name, ha="right", va="center", fontsize=8)
     for j, name in enumerate(col_names):

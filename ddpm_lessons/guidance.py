@@ -17,7 +17,6 @@ This module imports neither matplotlib nor ipywidgets.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +25,15 @@ CONDITIONAL_DIR = Path(__file__).resolve().parent / "assets" / "conditional_cpu"
 CONDITIONAL_WEIGHTS = "ema.float16.npz"
 
 
-def requests(num_classes, kind: int, n: int) -> np.ndarray:
-    """(n, K) int32 labels: kind ``kind`` cycles through its classes (each asked for n / n_kind
-    times, the first ones once more when n does not divide), every other kind is "no label"."""
-    num_classes = tuple(int(c) for c in num_classes)
-    labels = np.tile(np.array(num_classes, np.int32), (n, 1))
-    labels[:, kind] = np.arange(n) % num_classes[kind]
+def requests(num_classes, kind: int, n: int, grouped: bool = False) -> np.ndarray:
+    """(n, K) int32 labels: kind ``kind`` asks for each of its classes n / n_kind times (the first
+    ones once more when n does not divide), every other kind is "no label" (``blocks.null_labels``).
+    The classes cycle (0, 1, 2, 0, 1, ...), or with ``grouped`` come in blocks (0, 0, 1, 1, ...):
+    one grid row per class."""
+    from .blocks import null_labels
+    labels = null_labels(num_classes, n)
+    k = int(num_classes[kind])
+    labels[:, kind] = np.arange(n) * k // n if grouped else np.arange(n) % k
     return labels
 
 
@@ -68,22 +70,18 @@ def class_diversity(features, asked, num_classes: int) -> float:
     return float(np.mean(out))
 
 
-def conditional_settings() -> dict:
-    """The shipped conditional run's ``settings.json`` (profile knobs and "labels": kinds and class names)."""
-    return json.loads((CONDITIONAL_DIR / "settings.json").read_text())
-
-
 def load_conditional_reference():
-    """(EMA U-Net, settings dict) of the shipped conditional ``cpu`` run: ``make train CONDITIONAL=1``
-    on the shipped portraits, stored as float16 (``training.save_compact_weights``)."""
-    from .profiles import get_profile
+    """(EMA U-Net, settings) of the shipped conditional ``cpu`` run (``make train CONDITIONAL=1`` on the
+    shipped portraits, stored as float16 by ``training.save_compact_weights``). ``settings`` is its
+    ``settings.json`` as ``runs.read_settings`` gives it: the knobs as a Profile under "profile",
+    the kinds and class names under "labels"."""
+    from .runs import read_settings
     from .training import load_compact_weights
     from .unet import build_unet
     path = CONDITIONAL_DIR / CONDITIONAL_WEIGHTS
     if not path.exists():
         raise FileNotFoundError(f"no conditional weights at {path.name} in the package's assets; "
                                 "train your own with `make train CONDITIONAL=1`")
-    settings = conditional_settings()
-    num_classes = tuple(settings["profile"]["num_classes"])
-    model = build_unet(get_profile("cpu"), num_classes=num_classes, name="conditional_ema_unet")
+    settings = read_settings(CONDITIONAL_DIR)
+    model = build_unet(settings["profile"], name="conditional_ema_unet")
     return load_compact_weights(model, path), settings

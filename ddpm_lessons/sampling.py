@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from .profiles import network_evaluations  # noqa: F401  (re-exported: samplers' cost)
+from .blocks import null_labels
 from .forward import eps_from_v, extract, predict_x0_from_eps, q_posterior_mean_variance
 from .schedule import NoiseSchedule
 
@@ -619,7 +620,7 @@ def generate(model, schedule: NoiseSchedule, num_images: int, sampler="ddim", st
     if conditional:
         eps_fn = guided_eps_fn(model, schedule, prediction)
         num_classes = model.get_layer("label_embedding").num_classes
-        labels = (np.tile(np.asarray(num_classes, np.int32), (num_images, 1)) if labels is None
+        labels = (null_labels(num_classes, num_images) if labels is None
                   else np.asarray(labels, np.int32).reshape(num_images, len(num_classes)))
         eps_fn.guidance.assign(float(guidance))
     else:

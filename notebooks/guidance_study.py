@@ -11,7 +11,7 @@ For each guidance scale w, with the profile's sampler and fresh seeds (4000, 400
   macro average (each class counts the same) of the share classified as the class asked for is
   reported. Beside it, the classifier's own accuracy on real pictures: as shipped (a random held-out
   split) and retrained the same way with all skin-tone variants of one emoji on one side of the
-  split (``train_feature_net(split="grouped")``, about 2 minutes);
+  split (``train_feature_net(split="grouped")``, 30-40 s on 2 cores);
 * **diversity**: the mean pairwise distance between the feature vectors of samples asked for the
   same class (real pictures of one class: the same measure on the data);
 * **quality** by the course's protocol: n = 512 samples whose labels are those of 512 random real
@@ -39,7 +39,7 @@ from ddpm_lessons.guidance import (agreement, class_diversity, load_conditional_
 from ddpm_lessons.metrics import (PROTOCOL_SAMPLES, ScoreReference, classify_images, detail_feature_fn,
                                   feature_fn, feature_info, paired_difference, random_feature_fn,
                                   train_feature_net)
-from ddpm_lessons.profiles import Profile, describe_sampler, get_profile, sampler_options
+from ddpm_lessons.profiles import describe_sampler, get_profile, sampler_options
 from ddpm_lessons.sampling import generate
 from ddpm_lessons.schedule import NoiseSchedule
 from ddpm_lessons.training import load_reference_weights, reference_prediction
@@ -58,10 +58,7 @@ def load_model(run):
         ema, _, saved, ckpt = load_ema_model(run)
         return ema, saved["profile"], [(k["kind"], k["classes"]) for k in saved["labels"]], f"{run} ({ckpt})"
     model, saved = load_conditional_reference()
-    p = dict(saved["profile"])
-    for key in ("channel_mults", "attention_resolutions", "num_classes"):
-        p[key] = tuple(p[key])
-    return model, Profile(**p), [(k["kind"], k["classes"]) for k in saved["labels"]], "the shipped conditional network"
+    return model, saved["profile"], [(k["kind"], k["classes"]) for k in saved["labels"]], "the shipped conditional network"
 
 
 def main(argv=None):

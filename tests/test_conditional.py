@@ -297,3 +297,9 @@ def test_a_conditional_checkpoint_restores_the_label_tables(tmp_path):
     for a, b in ((trainer.model, again.model), (trainer.ema_model, again.ema_model)):
         for wa, wb in zip(a.weights, b.weights):
             np.testing.assert_array_equal(wa.numpy(), wb.numpy(), err_msg=wa.path)
+
+
+def test_grouped_requests_give_one_block_per_class():
+    from ddpm_lessons.guidance import requests
+    r = requests((5, 6), 1, 12, grouped=True)
+    assert r[:, 1].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5] and np.all(r[:, 0] == 5)

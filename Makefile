@@ -9,6 +9,8 @@
 #                        PRECISION=float32 turns bfloat16 training off (default auto: bfloat16
 #                        where the CPU has AVX512_BF16 or AMX),
 #                        RUNS=dir keeps run folders somewhere else than runs/,
+#                        DISTRIBUTE=off trains on one device where there are several GPUs (default auto:
+#                        MirroredStrategy over all of them),
 #                        CONDITIONAL=1 trains a class-conditional U-Net for guidance (lesson 13):
 #                        classes from the folder's sub-folders (shipped data: subcategory, skin tone),
 #                        PROGRESS=lines|bar: training progress as a line every 10 s or one line that
@@ -36,6 +38,7 @@ DATA ?=
 SIZE ?= 0
 CONTINUE ?= 0
 CONDITIONAL ?= 0
+DISTRIBUTE ?=
 PROGRESS ?=
 RUN ?=
 N ?= 100
@@ -61,6 +64,7 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	@run=$$(DDPM_PROFILE=$(PROFILE) $(BIN)/python -m ddpm_lessons.runs prepare --runs "$(RUNS)" \
 	  --data "$(DATA)" --size $(SIZE) --steps $(STEPS) --init "$(INIT)" --precision "$(PRECISION)" \
+	  --distribute "$(DISTRIBUTE)" \
 	  $(if $(filter 1,$(FRESH)),--fresh) $(if $(filter 1,$(CONTINUE)),--continue) \
 	  $(if $(filter 1,$(CONDITIONAL)),--conditional)) || exit 2; \
 	progress="$(PROGRESS)"; test -n "$$progress" || { test -t 1 && progress=bar || progress=lines; }; \

@@ -39,6 +39,7 @@ class Profile:
     dropout: float = 0.0
     groups: int = 8            # GroupNorm groups
     num_classes: tuple | None = None  # conditional U-Net: classes per label kind, e.g. (5, 6); None: unconditional
+    distribute: str = "auto"  # "auto": MirroredStrategy over several GPUs when there are (training.pick_strategy); "off"
     precision: str = "auto"   # training compute: "float32", "bfloat16", "float16" or "auto" (resolve_precision)
     # training
     batch_size: int = 32
@@ -92,6 +93,7 @@ class Profile:
         need(self.num_classes is None or (len(self.num_classes) >= 1 and all(int(n) >= 1 for n in self.num_classes)),
              "num_classes", "must be None (unconditional) or one positive class count per label kind, e.g. (5, 6)")
         need(0 <= self.label_dropout < 1, "label_dropout", "must lie in [0, 1), e.g. 0.15")
+        need(self.distribute in ("auto", "off"), "distribute", "must be 'auto' or 'off'")
         need(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
         need(self.schedule in ("linear", "cosine"), "schedule", "must be 'linear' or 'cosine'")
         need(self.prediction in ("eps", "v"), "prediction", "must be 'eps' or 'v'")

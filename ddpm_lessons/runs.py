@@ -215,7 +215,7 @@ def new_run_folder(root, tag: str) -> Path:
 
 def prepare_run(root="runs", data=None, profile: Profile | None = None, image_size: int = 0,
                 steps: int = 0, fresh: bool = False, continue_changed: bool = False,
-                init_from: str = "", precision: str = "", conditional: bool = False):
+                init_from: str = "", precision: str = "", conditional: bool = False, distribute: str = ""):
     """Check the folder, then pick the run folder: returns ``(run_path, plan)``.
 
     data: a folder of pictures (None or "": the shipped emoji portraits). The folder is read
@@ -234,6 +234,8 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
     profile = profile or get_profile()
     if precision:
         profile = profile.replace(precision=precision)          # Profile validates the value
+    if distribute:
+        profile = profile.replace(distribute=distribute)        # "auto" (several GPUs) or "off"
     if image_size:
         profile = profile.replace(image_size=int(image_size))   # Profile validates the size
     folder = Path(data).expanduser() if data else default_dataset_path()
@@ -266,7 +268,8 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
                 f"(python -m ddpm_lessons.runs prepare --fresh), or go on training the run with CONTINUE=1 "
                 f"(--continue).")
         settings = saved["profile"]
-        changes = {k: v for k, v in (("train_steps", int(steps)), ("precision", precision)) if v}
+        changes = {k: v for k, v in (("train_steps", int(steps)), ("precision", precision),
+                                     ("distribute", distribute)) if v}
         if any(getattr(settings, k) != v for k, v in changes.items()):
             settings = settings.replace(**changes)
             saved["profile"] = dataclasses.asdict(settings)
@@ -526,6 +529,7 @@ def main(argv=None) -> int:
     a.add_argument("--steps", type=int, default=0, help="training steps (default: by the folder's size)")
     a.add_argument("--init", default="", help="'reference' = start from the shipped emoji weights")
     a.add_argument("--precision", default="", help="training compute: auto (default), float32 or bfloat16")
+    a.add_argument("--distribute", default="", help="auto (default: all GPUs when there are several) or off")
     a.add_argument("--conditional", action="store_true",
                    help="class-conditional training (lesson 13): labels from the folder's sub-folders "
                         "(the shipped portraits: subcategory and skin tone)")
@@ -561,7 +565,8 @@ def main(argv=None) -> int:
                                 "an unconditional U-Net; a conditional one trains from scratch")
             try:
                 run, plan = prepare_run(args.runs, args.data, profile, args.size, args.steps, args.fresh,
-                                        args.continue_changed, args.init, args.precision, args.conditional)
+                                        args.continue_changed, args.init, args.precision, args.conditional,
+                                        args.distribute)
             except ValueError as err:        # e.g. SIZE=30 that the U-Net cannot halve
                 raise UserError(str(err)) from None
             print(run)            # the notebook prints the folder's report and the plan

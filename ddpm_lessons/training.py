@@ -29,6 +29,7 @@ good checkpoint stays intact. This module imports neither matplotlib nor ipywidg
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -182,6 +183,23 @@ def load_reference_weights(model: keras.Model, prediction: str | None = None) ->
     return load_compact_weights(model, path)
 
 
+def pick_strategy(setting: str = "auto", gpus: int | None = None):
+    """(a ``tf.distribute.Strategy`` or None, why) for training.
+
+    "auto": ``MirroredStrategy`` over every GPU when TensorFlow sees more than one (the global batch is
+    split across them, the gradients all-reduced), else None (one device, the plain step);
+    "off": None. ``gpus`` (a count) defaults to this machine's; tests pass their own."""
+    if setting not in ("auto", "off"):
+        raise ValueError(f"distribute = {setting!r}: give 'auto' (several GPUs when there are) or 'off'")
+    if setting == "off":
+        return None, "distribute = 'off' was asked for: one device"
+    if gpus is None:
+        gpus = len(tf.config.list_physical_devices("GPU"))
+    if gpus > 1:
+        return tf.distribute.MirroredStrategy(), f"{gpus} GPUs: MirroredStrategy, the global batch split across them"
+    return None, f"{gpus} GPU{'s' * (gpus != 1)}: one device"
+
+
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN or Inf; the message says at which step and what to try."""
 
@@ -204,23 +222,32 @@ class Trainer:
     """
 
     def __init__(self, model: keras.Model, schedule: NoiseSchedule, config: TrainConfig | None = None,
-                 checkpoint_dir=None):
-        self.model, self.schedule = model, schedule
+                 checkpoint_dir=None, strategy: tf.distribute.Strategy | None = None):
+        self.model, self.schedule, self.strategy = model, schedule, strategy
         self.config = replace(config) if config else TrainConfig()   # a copy: jit is resolved below
         c = self.config
         self.num_classes = (model.get_layer("label_embedding").num_classes
                             if any(layer.name == "label_embedding" for layer in model.layers) else None)
-        # The EMA model computes in float32 whatever the training policy: it is what we sample from.
-        self.ema_model = float32_copy(model)
-        self.optimizer = keras.optimizers.Adam(WarmupSchedule(c.learning_rate, c.warmup_steps),
-                                               global_clipnorm=c.grad_clip or None)
         self.mixed_precision = model.dtype_policy.compute_dtype == "float16"
-        if self.mixed_precision:   # float16 gradients underflow: scale the loss up, the gradients down
-            self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
-        # Build the optimizer now: otherwise its slots are created inside the first compiled
-        # step, which then gets traced twice (measured: 48 s instead of 23 s for a 4M U-Net).
-        self.optimizer.build(model.trainable_variables)
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        if strategy is not None:
+            if not strategy.extended.variable_created_in_scope(model.trainable_variables[0].value):
+                raise ValueError("with a strategy, build the model under its scope: "
+                                 "`with strategy.scope(): model = build_unet(...)`")
+            if self.mixed_precision:
+                raise ValueError("float16 training with loss scaling is not supported under a strategy yet: "
+                                 "use precision='float32' or 'bfloat16'")
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            # The EMA model computes in float32 whatever the training policy: it is what we sample from.
+            self.ema_model = float32_copy(model)
+            # Under a strategy the step clips the *all-reduced* gradients itself (_replica_step).
+            self.optimizer = keras.optimizers.Adam(WarmupSchedule(c.learning_rate, c.warmup_steps),
+                                                   global_clipnorm=(c.grad_clip or None) if strategy is None else None)
+            if self.mixed_precision:   # float16 gradients underflow: scale the loss up, the gradients down
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
+            # Build the optimizer now: otherwise its slots are created inside the first compiled
+            # step, which then gets traced twice (measured: 48 s instead of 23 s for a 4M U-Net).
+            self.optimizer.build(model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.rng = tf.random.Generator.from_seed(c.seed)
         self.history = {"step": [], "loss": [], "seconds": []}
         self.bucket_sum = np.zeros(c.loss_buckets)
@@ -240,8 +267,8 @@ class Trainer:
                         if self.checkpoint_dir else None)
         if c.jit_compile is None:
             c.jit_compile = bool(tf.config.list_physical_devices("GPU"))
-        self._compiled_step = tf.function(self._train_step, jit_compile=c.jit_compile,
-                                          reduce_retracing=True)
+        self._compiled_step = tf.function(self._train_step if strategy is None else self._distributed_step,
+                                          jit_compile=c.jit_compile and strategy is None, reduce_retracing=True)
         self._elapsed = 0.0
 
     # ------------------------------------------------------------------ the step
@@ -275,11 +302,69 @@ class Trainer:
                 scaled = self.optimizer.scale_loss(loss) if self.mixed_precision else loss
         grads = tape.gradient(scaled, self.model.trainable_variables)
         self.optimizer.apply(grads, self.model.trainable_variables)
+        self._ema_update_and_count()
+        return loss, per_example, t
+
+    def _ema_update_and_count(self):
+        """EMA of every trainable weight (decay ``ema_decay_at(step)``), then step + 1. Under a
+        strategy this runs in cross-replica context: once per step, on every replica's copy."""
         with tf.name_scope("ema_update"):
             decay = ema_decay_at(tf.cast(self.step, tf.float32), self.config.ema_decay)
             for ema_w, w in zip(self.ema_model.trainable_variables, self.model.trainable_variables):
                 ema_w.assign(decay * ema_w + (1.0 - decay) * w)
         self.step.assign_add(1)
+
+    # ------------------------------------------------------------------ the step on several devices
+    def _distributed_step(self, x0, labels=None):
+        """One step under ``self.strategy``: each replica runs ``_replica_step`` on its part of the
+        global batch; the EMA and the step counter are updated once, in cross-replica context.
+        Returns (mean loss over the global batch, per-example loss (B,), t (B,)), as ``_train_step``."""
+        args = (x0,) if labels is None else (x0, labels)
+        loss, per_example, t = self.strategy.run(self._replica_step, args=args)
+        self._ema_update_and_count()
+        return (self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                self.strategy.gather(per_example, axis=0), self.strategy.gather(t, axis=0))
+
+    def _replica_step(self, x0, labels=None):
+        """Algorithm 1 on this replica's b of the global B = b x R images.
+
+        t, the noise and the label dropout are drawn for the whole global batch from stateless seeds
+        (config.seed, step) and each replica takes its slice, so R replicas draw exactly what one
+        device would. The loss is this replica's sum / B (the replicas' losses add up to the global
+        mean), the gradients are all-reduced (sum), clipped by their global norm (config.grad_clip:
+        after the all-reduce, as on one device), and Keras's ``apply`` is given 1/R of them: it sums
+        what the replicas pass (measured: notebooks/distribute/one_step_two_devices.py)."""
+        c = self.config
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync
+        b = tf.shape(x0)[0]
+        total = b * replicas
+        start = ctx.replica_id_in_sync_group * b
+        seeds = tf.random.experimental.stateless_split(
+            tf.stack([tf.constant(c.seed, tf.int64), tf.cast(self.step, tf.int64)]), 3)
+        with tf.name_scope("noising"):
+            t = tf.random.stateless_uniform([total], seeds[0], 0, self.schedule.T, dtype=tf.int32)[start:start + b]
+            noise = tf.random.stateless_normal(tf.concat([[total], tf.shape(x0)[1:]], 0), seeds[1],
+                                               dtype=x0.dtype)[start:start + b]
+            x_t = q_sample(x0, t, noise, self.schedule)
+            target = noise if c.prediction == "eps" else velocity(x0, noise, t, self.schedule)
+            weight = tf.cast(loss_weight(t, self.schedule, c.prediction, c.loss_weighting, c.snr_gamma),
+                             x0.dtype)
+            if labels is not None:
+                labels = tf.cast(labels, tf.int32)
+                drop = tf.random.stateless_uniform(tf.concat([[total], tf.shape(labels)[1:]], 0),
+                                                   seeds[2])[start:start + b] < c.label_dropout
+                labels = tf.where(drop, tf.broadcast_to(tf.constant(self.num_classes, tf.int32), tf.shape(labels)),
+                                  labels)
+            inputs = [x_t, t] if labels is None else [x_t, t, labels]
+        with tf.GradientTape() as tape:
+            out = tf.cast(self.model(inputs, training=True), x0.dtype)
+            per_example = weight * tf.reduce_mean(tf.square(target - out), axis=[1, 2, 3])
+            loss = tf.reduce_sum(per_example) / tf.cast(total, per_example.dtype)
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tape.gradient(loss, self.model.trainable_variables))
+        if c.grad_clip:
+            grads, _ = tf.clip_by_global_norm(grads, c.grad_clip)
+        self.optimizer.apply([g / tf.cast(replicas, g.dtype) for g in grads], self.model.trainable_variables)
         return loss, per_example, t
 
     def _split(self, batch):
@@ -300,6 +385,10 @@ class Trainer:
         variables = (self.model.variables + self.ema_model.variables + self.optimizer.variables
                      + [self.step, self.rng.state])
         saved = [v.numpy() for v in variables]
+        if self.strategy is not None:               # this batch, split across the replicas
+            size = int((x0[0] if isinstance(x0, (tuple, list)) else x0).shape[0])
+            x0 = next(iter(self.strategy.experimental_distribute_dataset(
+                tf.data.Dataset.from_tensor_slices(tuple(x0) if isinstance(x0, (tuple, list)) else x0).batch(size))))
         for _ in range(warmup):
             float(self._compiled_step(*self._split(x0))[0])
         t0 = time.perf_counter()
@@ -388,17 +477,20 @@ class Trainer:
         lines = ProgressLines(total_steps, start, every=progress_seconds) if mode == "lines" else None
         if bar:
             bar.update(start)
-        batches = iter(dataset.repeat())
+        batches = iter(dataset.repeat() if self.strategy is None
+                       else self.strategy.experimental_distribute_dataset(dataset.repeat()))
         t_last, n_images = time.perf_counter(), 0
         while int(self.step.numpy()) < total_steps:
             batch = next(batches)
             x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
+            n_batch = (int(x0.shape[0]) if self.strategy is None       # under a strategy: every replica's part
+                       else sum(int(v.shape[0]) for v in self.strategy.experimental_local_results(x0)))
             t0 = time.perf_counter()
             loss = self.train_step(batch)
             now = time.perf_counter()
             self._elapsed += now - t0
             step = int(self.step.numpy())
-            n_images += int(x0.shape[0])
+            n_images += n_batch
             ips = n_images / max(now - t_last, 1e-9)
             if step % log_every == 0 or step == total_steps or step == start + 1:
                 self.history["step"].append(step)
@@ -409,7 +501,7 @@ class Trainer:
             if bar:
                 bar.update(step, [("loss", loss), ("img/s", ips)])
             if lines:
-                lines.update(step, loss, int(x0.shape[0]), now - t0)
+                lines.update(step, loss, n_batch, now - t0)
             for cb in callbacks:
                 cb(self, logs)
             if self.manager and (step % self.config.checkpoint_every == 0 or step == total_steps):

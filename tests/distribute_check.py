@@ -1,0 +1,73 @@
+"""Run by tests/test_distribute.py in a subprocess (logical devices must be set before TensorFlow
+starts): the Trainer under MirroredStrategy on two logical CPU devices against one device, and a
+resumed two-device run against an uninterrupted one. Prints one JSON line of measurements."""
+import json
+import sys
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from ddpm_lessons.schedule import NoiseSchedule          # noqa: E402  (after the device set-up)
+from ddpm_lessons.training import Trainer, TrainConfig   # noqa: E402
+from ddpm_lessons.unet import build_unet                 # noqa: E402
+
+SMALL = dict(image_size=8, channels=3, base_width=8, channel_mults=(1, 2), num_res_blocks=1,
+             attention_resolutions=(4,), groups=4)
+ONE, TWO = ["/cpu:0"], ["/cpu:0", "/cpu:1"]
+schedule = NoiseSchedule.from_kind("cosine", 100)
+images = np.random.default_rng(0).uniform(-1, 1, (16, 8, 8, 3)).astype("float32")
+rng = np.random.default_rng(1)
+INIT = None
+
+
+def trainer(devices, clip, checkpoint_dir=None):
+    """A Trainer on ``devices``; every U-Net starts from the same random weights (none zero, so every
+    weight gets a gradient)."""
+    global INIT
+    strategy = tf.distribute.MirroredStrategy(devices)
+    with strategy.scope():
+        model = build_unet(SMALL)
+    if INIT is None:
+        INIT = [rng.normal(0, 0.2, w.shape).astype("float32") for w in model.get_weights()]
+    model.set_weights(INIT)
+    config = TrainConfig(grad_clip=clip, warmup_steps=0, jit_compile=False, checkpoint_every=1)
+    return Trainer(model, schedule, config, checkpoint_dir=checkpoint_dir, strategy=strategy)
+
+
+def one_step(tr):
+    batch = next(iter(tr.strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices(images[:8]).batch(8))))
+    loss, per_example, t = tr._compiled_step(batch)
+    return float(loss), t.numpy(), [w.numpy() for w in tr.model.trainable_variables + tr.ema_model.trainable_variables]
+
+
+def max_diff(a, b):
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+
+
+out = {}
+clip = 0.05                                   # the gradient norm is ~0.25 here: the clip is engaged
+l1, t1, w1 = one_step(trainer(ONE, clip))
+l2, t2, w2 = one_step(trainer(TWO, clip))
+_, _, w_free = one_step(trainer(ONE, None))
+out.update(loss_one=l1, loss_two=l2, same_t=bool(np.array_equal(t1, t2)), weights=max_diff(w1, w2),
+           unclipped_vs_clipped=max_diff(w1, w_free))
+
+data = tf.data.Dataset.from_tensor_slices(images).batch(8)      # two global batches of 8
+straight = trainer(TWO, clip)
+straight.fit(data, 3, progress=False)
+with tempfile.TemporaryDirectory() as tmp:
+    first = trainer(TWO, clip, tmp)
+    first.fit(data, 2, progress=False)                          # "interrupted" after step 2
+    resumed = trainer(TWO, clip, tmp)
+    out["resumed_at"] = resumed.restore()
+    resumed.fit(data.skip(0), 3, progress=False)
+    out["resumed_step"] = int(resumed.step.numpy())
+    out["resume"] = max_diff([w.numpy() for w in straight.model.trainable_variables + straight.ema_model.trainable_variables],
+                             [w.numpy() for w in resumed.model.trainable_variables + resumed.ema_model.trainable_variables])
+print(json.dumps(out))
+sys.stdout.flush()

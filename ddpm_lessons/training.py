@@ -277,22 +277,28 @@ class Trainer:
         replaced by its "no label" token independently with probability ``config.label_dropout``, so
         one network learns the conditional and the unconditional model. labels (B, K) int32."""
         labels = tf.cast(labels, tf.int32)
-        drop = self.rng.uniform(tf.shape(labels)) < self.config.label_dropout
-        null = tf.broadcast_to(tf.constant(self.num_classes, tf.int32), tf.shape(labels))
-        return tf.where(drop, null, labels)
+        return self._no_label_where(labels, self.rng.uniform(tf.shape(labels)) < self.config.label_dropout)
+
+    def _no_label_where(self, labels, drop):
+        """``labels`` (B, K) with the "no label" token of kind k wherever ``drop`` (B, K) is True."""
+        return tf.where(drop, tf.broadcast_to(tf.constant(self.num_classes, tf.int32), tf.shape(labels)), labels)
+
+    def _noised(self, x0, t, noise):
+        """(x_t, the target, the per-example loss weight) of images x0 at timesteps t with ``noise``."""
+        c = self.config
+        x_t = q_sample(x0, t, noise, self.schedule)
+        target = noise if c.prediction == "eps" else velocity(x0, noise, t, self.schedule)
+        weight = tf.cast(loss_weight(t, self.schedule, c.prediction, c.loss_weighting, c.snr_gamma), x0.dtype)
+        return x_t, target, weight
 
     def _train_step(self, x0, labels=None):
         """Algorithm 1 on one batch; returns (mean loss, weighted per-example loss (B,), t (B,)).
         ``labels`` (B, K) int32 for a conditional U-Net (``build_unet(num_classes=...)``)."""
-        c = self.config
         batch = tf.shape(x0)[0]
         with tf.name_scope("noising"):      # the scopes name the parts of the bench's step profile
             t = self.rng.uniform([batch], 0, self.schedule.T, dtype=tf.int32)
             noise = self.rng.normal(tf.shape(x0), dtype=x0.dtype)
-            x_t = q_sample(x0, t, noise, self.schedule)
-            target = noise if c.prediction == "eps" else velocity(x0, noise, t, self.schedule)
-            weight = tf.cast(loss_weight(t, self.schedule, c.prediction, c.loss_weighting, c.snr_gamma),
-                             x0.dtype)
+            x_t, target, weight = self._noised(x0, t, noise)
             inputs = [x_t, t] if labels is None else [x_t, t, self.drop_labels(labels)]
         with tf.GradientTape() as tape:
             out = tf.cast(self.model(inputs, training=True), x0.dtype)
@@ -346,16 +352,11 @@ class Trainer:
             t = tf.random.stateless_uniform([total], seeds[0], 0, self.schedule.T, dtype=tf.int32)[start:start + b]
             noise = tf.random.stateless_normal(tf.concat([[total], tf.shape(x0)[1:]], 0), seeds[1],
                                                dtype=x0.dtype)[start:start + b]
-            x_t = q_sample(x0, t, noise, self.schedule)
-            target = noise if c.prediction == "eps" else velocity(x0, noise, t, self.schedule)
-            weight = tf.cast(loss_weight(t, self.schedule, c.prediction, c.loss_weighting, c.snr_gamma),
-                             x0.dtype)
+            x_t, target, weight = self._noised(x0, t, noise)
             if labels is not None:
                 labels = tf.cast(labels, tf.int32)
-                drop = tf.random.stateless_uniform(tf.concat([[total], tf.shape(labels)[1:]], 0),
-                                                   seeds[2])[start:start + b] < c.label_dropout
-                labels = tf.where(drop, tf.broadcast_to(tf.constant(self.num_classes, tf.int32), tf.shape(labels)),
-                                  labels)
+                labels = self._no_label_where(labels, tf.random.stateless_uniform(
+                    tf.concat([[total], tf.shape(labels)[1:]], 0), seeds[2])[start:start + b] < c.label_dropout)
             inputs = [x_t, t] if labels is None else [x_t, t, labels]
         with tf.GradientTape() as tape:
             out = tf.cast(self.model(inputs, training=True), x0.dtype)

@@ -36,6 +36,7 @@ from .profiles import network_evaluations  # noqa: F401  (re-exported: samplers'
 from .blocks import null_labels
 from .forward import eps_from_v, extract, predict_x0_from_eps, q_posterior_mean_variance
 from .schedule import NoiseSchedule
+from .unet import label_classes
 
 VARIANCES = ("posterior", "beta")
 SAMPLERS = ("ddpm", "ddim", "dpm++2m", "heun")
@@ -573,7 +574,7 @@ def guided_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str 
     (tf.Variables, set before each batch), so one compiled sampling loop serves every batch and w."""
     if prediction not in ("eps", "v"):
         raise ValueError(f"unknown prediction {prediction!r}; choose 'eps' or 'v'")
-    num_classes = model.get_layer("label_embedding").num_classes
+    num_classes = label_classes(model)
     key = ("guided", prediction, id(schedule) if prediction == "v" else None)
     fns = model.__dict__.setdefault("_ddpm_eps_fns", {})
     if key not in fns:
@@ -598,7 +599,7 @@ def guided_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str 
 
 def is_conditional(model) -> bool:
     """True for a U-Net built with ``num_classes`` (it takes labels)."""
-    return any(layer.name == "label_embedding" for layer in model.layers)
+    return label_classes(model) is not None
 
 
 def generate(model, schedule: NoiseSchedule, num_images: int, sampler="ddim", steps=50, eta=1.0,
@@ -619,7 +620,7 @@ def generate(model, schedule: NoiseSchedule, num_images: int, sampler="ddim", st
         raise ValueError("labels were given for an unconditional U-Net: build it with num_classes to use them")
     if conditional:
         eps_fn = guided_eps_fn(model, schedule, prediction)
-        num_classes = model.get_layer("label_embedding").num_classes
+        num_classes = label_classes(model)
         labels = (null_labels(num_classes, num_images) if labels is None
                   else np.asarray(labels, np.int32).reshape(num_images, len(num_classes)))
         eps_fn.guidance.assign(float(guidance))

@@ -45,7 +45,7 @@ import tensorflow as tf
 from .forward import q_sample, velocity
 from .runs import locked_by_another
 from .schedule import NoiseSchedule
-from .unet import float32_copy
+from .unet import float32_copy, label_classes
 
 
 @dataclass
@@ -226,8 +226,7 @@ class Trainer:
         self.model, self.schedule, self.strategy = model, schedule, strategy
         self.config = replace(config) if config else TrainConfig()   # a copy: jit is resolved below
         c = self.config
-        self.num_classes = (model.get_layer("label_embedding").num_classes
-                            if any(layer.name == "label_embedding" for layer in model.layers) else None)
+        self.num_classes = label_classes(model)
         self.mixed_precision = model.dtype_policy.compute_dtype == "float16"
         if strategy is not None:
             if not strategy.extended.variable_created_in_scope(model.trainable_variables[0].value):

@@ -209,6 +209,12 @@ def _build(cfg, name):
     return keras.Model(inputs, eps, name=name)
 
 
+def label_classes(model) -> tuple | None:
+    """The class counts per label kind of a conditional U-Net (``build_unet(num_classes=...)``), else None."""
+    layers_ = [layer for layer in model.layers if layer.name == "label_embedding"]
+    return layers_[0].num_classes if layers_ else None
+
+
 def count_params(model) -> int:
     """Number of trainable scalars."""
     return int(sum(int(ops.size(w)) for w in model.trainable_weights))

@@ -174,6 +174,7 @@ def train_feature_net(out_dir=ASSETS, epochs: int = 30, batch_size: int = 64, se
     }
     (out_dir / FEATURE_INFO.name).write_text(json.dumps(info, indent=2) + "\n")
     _FEATURE_MODELS.clear()
+    _FULL_NETS.clear()
     return info
 
 
@@ -186,34 +187,37 @@ def load_feature_net(weights=None):
     Returns a Keras model ``image (B, 32, 32, 3) -> features (B, 128)``.
     """
     import keras
-    path = Path(weights) if weights else FEATURE_WEIGHTS
-    key = str(path)
+    key = str(Path(weights) if weights else FEATURE_WEIGHTS)
     if key not in _FEATURE_MODELS:
+        full = _full_feature_net(key)
+        _FEATURE_MODELS[key] = keras.Model(full.input, full.get_layer("features").output,
+                                           name="features")
+    return _FEATURE_MODELS[key]
+
+
+_FULL_NETS: dict = {}
+
+
+def _full_feature_net(path):
+    """The feature network with both heads and the weights at ``path`` (built once per path)."""
+    path = Path(path)
+    if str(path) not in _FULL_NETS:
         if not path.exists():
             raise FileNotFoundError(f"feature-network weights not found: {path.name} in "
                                     f"{path.parent.name}/. Rebuild them with "
                                     "`python -m ddpm_lessons.metrics train-features`.")
         full = build_feature_net()
         full.load_weights(path)
-        _FEATURE_MODELS[key] = keras.Model(full.input, full.get_layer("features").output,
-                                           name="features")
-    return _FEATURE_MODELS[key]
-
-
-_CLASSIFIERS: dict = {}
+        _FULL_NETS[str(path)] = full
+    return _FULL_NETS[str(path)]
 
 
 def classify_images(images, batch_size: int = 256) -> np.ndarray:
     """Images (N, H, W, 3), uint8 or [-1, 1] -> (N, 2) int: the shipped network's predicted
     subcategory (index into SUBCATEGORIES) and skin tone (into SKIN_TONES), argmax of each head."""
-    if "full" not in _CLASSIFIERS:
-        if not FEATURE_WEIGHTS.exists():
-            load_feature_net()                            # raises the message that says how to rebuild
-        full = build_feature_net()
-        full.load_weights(FEATURE_WEIGHTS)
-        _CLASSIFIERS["full"] = full
+    full = _full_feature_net(FEATURE_WEIGHTS)
     x = resize_images(images, FEATURE_SIZE)
-    out = [np.stack([h.numpy().argmax(1) for h in _CLASSIFIERS["full"](x[i:i + batch_size], training=False)], 1)
+    out = [np.stack([h.numpy().argmax(1) for h in full(x[i:i + batch_size], training=False)], 1)
            for i in range(0, len(x), batch_size)]
     return np.concatenate(out).astype(np.int32) if out else np.zeros((0, 2), np.int32)
 

@@ -18,7 +18,11 @@
 #   make generate RUN=runs/<run> N=100   N new PNG files from a run's EMA weights (SEED=0)
 #   make test            set up .venv if needed, run the unit tests and every notebook (tiny profile)
 #   make lab             set up .venv if needed, open JupyterLab at the course
-#   make test-gpu        the notebooks at full size (DDPM_PROFILE=gpu), on a machine with a GPU
+#   make test-gpu        the unit tests and every notebook at full size (DDPM_PROFILE=gpu), on a machine
+#                        with a GPU; MAX_STEPS=500 (default) caps every lesson's training steps
+#                        (DDPM_MAX_STEPS): a test that everything runs, not a real training
+#   make speed-check     one minute of the gpu profile's training on one device: img/s and its share of
+#                        the float16 matmul speed; writes runs/bench/speed-check-gpu.json (PROFILE=gpu)
 #   TF=gpu make ...      install tensorflow[and-cuda] instead of tensorflow-cpu (Linux + NVIDIA)
 
 PYTHON ?= python3
@@ -41,10 +45,11 @@ CONDITIONAL ?= 0
 DISTRIBUTE ?=
 PROGRESS ?=
 RUN ?=
+MAX_STEPS ?= 500
 N ?= 100
 SEED ?= 0
 
-.PHONY: setup train generate test test-unit test-gpu lab notebooks clean
+.PHONY: setup train generate test test-unit test-gpu speed-check lab notebooks clean
 
 setup: $(STAMP)
 
@@ -83,7 +88,10 @@ test-unit: $(STAMP)
 	DDPM_PROFILE=tiny $(BIN)/python -m pytest tests -q
 
 test-gpu: $(STAMP)
-	DDPM_PROFILE=gpu $(BIN)/python -m pytest tests notebooks $(PYTEST_NB) -q
+	DDPM_PROFILE=gpu DDPM_MAX_STEPS=$(MAX_STEPS) $(BIN)/python -m pytest tests notebooks $(PYTEST_NB) -q
+
+speed-check: $(STAMP)
+	$(BIN)/python -m ddpm_lessons.bench --speed-check --profile $(or $(PROFILE),gpu) --out runs/bench
 
 lab: $(STAMP)
 	cd notebooks && ../$(BIN)/jupyter lab

@@ -28,6 +28,10 @@ What is measured, and how:
                  (convolutions, GroupNorm, attention, the rest of the network, optimizer, EMA
                  update, noising and loss); the input pipeline (one batch from ``make_dataset``)
                  is timed apart.
+    speed check  (``--speed-check``, what a GPU owner runs: ``make speed-check``) about a minute of the
+                 real ``Trainer`` of the profile's U-Net in the precision "auto" picks (float16 on a GPU),
+                 one device: images/s, and achieved FLOP/s as a share of the same precision's matmul
+                 speed (n = 4096 and 8192).
     sampling     seconds to draw 32 images with DDPM (all T steps) and with DDIM eta = 0, DDIM eta = 1
                  and DPM-Solver++(2M) at 10/20/50 steps, each sampler warmed up once (tracing excluded),
                  against the bound steps x (best time of one compiled forward pass over 32 images).
@@ -423,6 +427,76 @@ def bench_profile(name, steps=None, modes=MODES, sampling=True, quick=False, log
     return result
 
 
+# ------------------------------------------------------------------ the one-minute speed check (a GPU owner's)
+SPEED_CHECK_SIZES = (4096, 8192)
+
+
+def device_facts() -> dict:
+    """The GPUs TensorFlow sees (name and compute capability), or the CPU's facts when it sees none."""
+    import tensorflow as tf
+    gpus = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        gpus.append({"name": details.get("device_name", gpu.name),
+                     "compute_capability": list(details.get("compute_capability") or [])})
+    return {**machine_facts(), "gpus": gpus}
+
+
+def speed_check(profile_name="gpu", seconds=60.0, precision="auto", sizes=SPEED_CHECK_SIZES, log=print) -> dict:
+    """About ``seconds`` of timed training: the real ``Trainer`` of the profile's U-Net in ``precision``
+    ("auto": float16 on a GPU) on one device, and the same precision's matmul limit.
+
+        images/s  = steps x batch / seconds of those steps (after two untimed steps: trace, compile)
+        achieved  = images/s x 3 x forward FLOPs per image      (backward ~ 2 forwards)
+        share     = achieved / the best n x n matmul FLOP/s in that precision, n in ``sizes``
+    """
+    import tensorflow as tf
+    from .profiles import get_profile, resolve_precision
+    from .unet import build_unet
+    profile = get_profile(profile_name)
+    precision, why = resolve_precision(precision)
+    facts = device_facts()
+    t0 = time.perf_counter()
+    matmul = matmul_limit(sizes, repeats=5, dtype=precision)
+    limit = max(r["gflops"] for r in matmul)
+    log(f"  matmul limit ({precision}): {limit:,.0f} GFLOP/s ({time.perf_counter() - t0:.1f} s)")
+    flops, _ = forward_flops(build_unet(profile))
+    trainer, x0 = bench_trainer(profile, precision)
+    t0 = time.perf_counter()
+    for _ in range(2):
+        loss = float(trainer.train_step(x0))
+    first = time.perf_counter() - t0
+    log(f"  two untimed steps (trace{' + XLA compile' if trainer.config.jit_compile else ''}): {first:.1f} s")
+    steps, t0 = 0, time.perf_counter()
+    while steps < 3 or time.perf_counter() - t0 < seconds:   # each step waits for its loss: no queue builds up
+        loss = trainer.train_step(x0)
+        steps += 1
+    timed = time.perf_counter() - t0
+    images_per_s = steps * profile.batch_size / timed
+    achieved = images_per_s * 3 * flops / 1e9
+    return {"profile": profile.name, "precision": precision, "why": why, "jit_compile": trainer.config.jit_compile,
+            "device": facts, "matmul": matmul, "matmul_limit_gflops": limit,
+            "forward_gflop_per_image": flops / 1e9, "batch_size": profile.batch_size,
+            "untimed_s": first, "steps": steps, "timed_s": timed, "images_per_s": images_per_s,
+            "achieved_gflops": achieved, "share_of_matmul": achieved / limit, "loss": loss}
+
+
+def format_speed_check(r: dict) -> str:
+    """The speed check in four lines, for a GPU owner to read and send back."""
+    dev = r["device"]
+    where = ", ".join(f"{g['name']} (compute capability {'.'.join(map(str, g['compute_capability']))})"
+                      for g in dev["gpus"]) or f"no GPU: {dev['cpu']}, {dev['cores']} cores"
+    return "\n".join([
+        f"device: {where}; TensorFlow {dev['tensorflow']}",
+        f"profile {r['profile']}: batch {r['batch_size']}, {r['forward_gflop_per_image']:.2f} GFLOP per image forward, "
+        f"{r['precision']} ({r['why']}), XLA {'on' if r['jit_compile'] else 'off'}",
+        f"training: {r['images_per_s']:,.1f} img/s ({r['steps']} steps in {r['timed_s']:.1f} s; "
+        f"the two untimed first steps took {r['untimed_s']:.1f} s)",
+        f"= {r['achieved_gflops']:,.0f} GFLOP/s = {r['share_of_matmul']:.1%} of this device's {r['precision']} "
+        f"matmul speed ({r['matmul_limit_gflops']:,.0f} GFLOP/s, best of n = "
+        f"{', '.join(str(m['n']) for m in r['matmul'])})"])
+
+
 # ------------------------------------------------------------------ report
 def format_report(machine: dict, matmul: dict, result: dict) -> str:
     """The printed table for one profile; ``matmul``: {precision: matmul_limit rows}."""
@@ -489,6 +563,11 @@ def main(argv=None) -> int:
     parser.add_argument("--no-sampling", action="store_true", help="skip the sampling benchmark")
     parser.add_argument("--quick", action="store_true", help="time DDPM on 100 of its T steps and scale up")
     parser.add_argument("--out", default="runs/bench", help="folder for bench-<profile>.json and .png")
+    parser.add_argument("--speed-check", action="store_true",
+                        help="only the one-minute check: the profile's training img/s on one device and its share "
+                             "of the matmul speed in the training precision (float16 on a GPU); writes "
+                             "<out>/speed-check-<profile>.json")
+    parser.add_argument("--seconds", type=float, default=60.0, help="timed seconds of the speed check")
     parser.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="function", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
@@ -497,6 +576,16 @@ def main(argv=None) -> int:
     if args._worker:
         profile = (args.profile or ["tiny"])[-1]
         print(json.dumps(train_worker(profile, args.mode, args.steps or 10, args.precision)), flush=True)
+        return 0
+
+    if args.speed_check:
+        result = speed_check((args.profile or ["gpu"])[-1], seconds=args.seconds,
+                             log=lambda line: print(line, flush=True))
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"speed-check-{result['profile']}.json"
+        path.write_text(json.dumps(result, indent=1))
+        print("\n" + format_speed_check(result) + f"\nwrote {path}", flush=True)
         return 0
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]

@@ -9,6 +9,9 @@
 ``get_profile()`` reads the environment variable ``DDPM_PROFILE``; without it, it picks
 ``gpu`` when TensorFlow sees a GPU and ``cpu`` otherwise. Change one knob with
 ``dataclasses.replace(profile, batch_size=16)``.
+
+``DDPM_MAX_STEPS=N`` caps the training steps of every lesson at N (``capped``): a test run of the
+full-size network, e.g. ``make test-gpu`` (MAX_STEPS=500), where lesson 09 would otherwise train 50,000 steps.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import os
 from dataclasses import dataclass
 
 ENV_VAR = "DDPM_PROFILE"
+MAX_STEPS_VAR = "DDPM_MAX_STEPS"
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")   # x86 CPU flags of native bfloat16 arithmetic
 
@@ -215,8 +219,39 @@ def gpu_available() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def max_steps(environ=None) -> int | None:
+    """The cap on training steps from ``$DDPM_MAX_STEPS`` (a positive whole number), or None."""
+    value = (os.environ if environ is None else environ).get(MAX_STEPS_VAR, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{MAX_STEPS_VAR}={value!r}: give a positive whole number of steps, e.g. 500, "
+                         "or leave it unset for the profile's own")
+    return int(value)
+
+
+def capped_steps(steps: int, cap: int | None = None) -> int:
+    """``steps``, at most the cap (``max_steps()`` when ``cap`` is None): for a lesson's own step counts."""
+    cap = max_steps() if cap is None else cap
+    return int(steps) if cap is None else min(int(steps), cap)
+
+
+def capped(profile: Profile, cap: int | None) -> Profile:
+    """``profile`` with every training length at most ``cap`` steps, for a test run that exercises
+    everything once: train_steps, lesson_train_steps, toy_train_steps <= cap; the warm-up <= cap / 5;
+    checkpoints and previews at least twice per run. None: the profile unchanged."""
+    if cap is None:
+        return profile
+    return profile.replace(
+        train_steps=min(profile.train_steps, cap), lesson_train_steps=min(profile.lesson_train_steps, cap),
+        toy_train_steps=min(profile.toy_train_steps, cap), warmup_steps=min(profile.warmup_steps, cap // 5),
+        checkpoint_every=max(1, min(profile.checkpoint_every, cap // 2)),
+        preview_every=max(1, min(profile.preview_every, cap // 2)))
+
+
 def get_profile(name: str | None = None) -> Profile:
-    """The named profile; else ``$DDPM_PROFILE``; else ``gpu`` with a GPU, ``cpu`` without."""
+    """The named profile; else ``$DDPM_PROFILE``; else ``gpu`` with a GPU, ``cpu`` without; with its
+    training steps capped by ``$DDPM_MAX_STEPS`` when that is set (``capped``)."""
     source = "argument"
     if name is None:
         name, source = os.environ.get(ENV_VAR, "").strip() or None, f"${ENV_VAR}"
@@ -227,4 +262,4 @@ def get_profile(name: str | None = None) -> Profile:
         raise ValueError(
             f"unknown profile {name!r} (from {source}); "
             f"valid profiles: {', '.join(PROFILES)}. Set e.g. {ENV_VAR}=cpu")
-    return PROFILES[key]
+    return capped(PROFILES[key], max_steps())

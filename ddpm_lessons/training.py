@@ -232,9 +232,6 @@ class Trainer:
             if not strategy.extended.variable_created_in_scope(model.trainable_variables[0].value):
                 raise ValueError("with a strategy, build the model under its scope: "
                                  "`with strategy.scope(): model = build_unet(...)`")
-            if self.mixed_precision:
-                raise ValueError("float16 training with loss scaling is not supported under a strategy yet: "
-                                 "use precision='float32' or 'bfloat16'")
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             # The EMA model computes in float32 whatever the training policy: it is what we sample from.
             self.ema_model = float32_copy(model)
@@ -338,7 +335,9 @@ class Trainer:
         device would. The loss is this replica's sum / B (the replicas' losses add up to the global
         mean), the gradients are all-reduced (sum), clipped by their global norm (config.grad_clip:
         after the all-reduce, as on one device), and Keras's ``apply`` is given 1/R of them: it sums
-        what the replicas pass (measured: notebooks/distribute/one_step_two_devices.py)."""
+        what the replicas pass (measured: notebooks/distribute/one_step_two_devices.py). In float16
+        the loss is scaled as on one device; the clip then bounds the scaled norm by grad_clip x scale,
+        which is the same clip, and ``LossScaleOptimizer`` unscales (or skips a non-finite step)."""
         c = self.config
         ctx = tf.distribute.get_replica_context()
         replicas = ctx.num_replicas_in_sync
@@ -361,9 +360,11 @@ class Trainer:
             out = tf.cast(self.model(inputs, training=True), x0.dtype)
             per_example = weight * tf.reduce_mean(tf.square(target - out), axis=[1, 2, 3])
             loss = tf.reduce_sum(per_example) / tf.cast(total, per_example.dtype)
-        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tape.gradient(loss, self.model.trainable_variables))
+            scaled = self.optimizer.scale_loss(loss) if self.mixed_precision else loss
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tape.gradient(scaled, self.model.trainable_variables))
         if c.grad_clip:
-            grads, _ = tf.clip_by_global_norm(grads, c.grad_clip)
+            scale = self.optimizer.dynamic_scale if self.mixed_precision else 1.0
+            grads, _ = tf.clip_by_global_norm(grads, c.grad_clip * scale)
         self.optimizer.apply([g / tf.cast(replicas, g.dtype) for g in grads], self.model.trainable_variables)
         return loss, per_example, t
 

@@ -24,13 +24,13 @@ rng = np.random.default_rng(1)
 INIT = None
 
 
-def trainer(devices, clip, checkpoint_dir=None):
+def trainer(devices, clip, checkpoint_dir=None, precision="float32"):
     """A Trainer on ``devices``; every U-Net starts from the same random weights (none zero, so every
     weight gets a gradient)."""
     global INIT
     strategy = tf.distribute.MirroredStrategy(devices)
     with strategy.scope():
-        model = build_unet(SMALL)
+        model = build_unet(SMALL, precision=precision)
     if INIT is None:
         INIT = [rng.normal(0, 0.2, w.shape).astype("float32") for w in model.get_weights()]
     model.set_weights(INIT)
@@ -56,6 +56,28 @@ l2, t2, w2 = one_step(trainer(TWO, clip))
 _, _, w_free = one_step(trainer(ONE, None))
 out.update(loss_one=l1, loss_two=l2, same_t=bool(np.array_equal(t1, t2)), weights=max_diff(w1, w2),
            unclipped_vs_clipped=max_diff(w1, w_free))
+
+
+
+def first_moments(tr):
+    """Adam's first moments after one step: m = (1 - beta_1) g, so they hold the gradient Adam was given
+    (clipped and unscaled). Adam's first *update* is ~lr sign(g), blind to the gradient's scale."""
+    return [v.numpy() for v in tr.optimizer.variables if v.path.endswith("_momentum")]
+
+
+# float16 with loss scaling (what "auto" picks on a GPU): the scaled loss, the clip at grad_clip x scale
+# on the reduced gradients, and LossScaleOptimizer's unscaling, on two replicas against one device and
+# against float32; compared on the gradient Adam received (relative to its largest entry).
+two32 = trainer(TWO, clip)
+one_step(two32)
+m32 = first_moments(two32)
+one16, two16 = trainer(ONE, clip, precision="float16"), trainer(TWO, clip, precision="float16")
+f1, f2 = one_step(one16)[0], one_step(two16)[0]
+top = max(float(np.abs(m).max()) for m in m32)
+out.update(f16_loss_one=f1, f16_loss_two=f2,
+           f16_grad_two_vs_one=max_diff(first_moments(one16), first_moments(two16)) / top,
+           f16_grad_vs_f32=max_diff(first_moments(two16), m32) / top,
+           f16_scale=float(two16.optimizer.dynamic_scale.numpy()), f16_skipped=int(two16.optimizer.iterations.numpy()) == 0)
 
 data = tf.data.Dataset.from_tensor_slices(images).batch(8)      # two global batches of 8
 straight = trainer(TWO, clip)

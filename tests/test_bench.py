@@ -135,3 +135,21 @@ def test_step_profile_finds_every_part_of_a_real_step():
     assert ms["convolutions"] > max(ms["GroupNorm"], ms["attention"])
     assert abs(sum(ms.values()) - result["op_ms"]) < 1e-6 and result["step_ms"] > 0
     assert 0 < result["input_batch_ms"] < result["step_ms"]
+
+
+def test_speed_check_reports_consistent_rates_and_shares():
+    """The GPU owner's one-minute check, run for a second on the tiny profile: images/s are the timed
+    steps' images over their seconds, the share is achieved / the best matmul, and the report says both."""
+    from ddpm_lessons.bench import format_speed_check, speed_check
+    r = speed_check("tiny", seconds=1.0, precision="float32", sizes=(64, 128), log=lambda line: None)
+    assert r["steps"] >= 3 and r["precision"] == "float32" and r["batch_size"] == PROFILES["tiny"].batch_size
+    assert abs(r["images_per_s"] - r["steps"] * r["batch_size"] / r["timed_s"]) < 1e-6 * r["images_per_s"]
+    assert abs(r["achieved_gflops"] - r["images_per_s"] * 3 * r["forward_gflop_per_image"]) < 1e-9 * r["achieved_gflops"]
+    assert r["matmul_limit_gflops"] == max(m["gflops"] for m in r["matmul"]) and [m["n"] for m in r["matmul"]] == [64, 128]
+    assert abs(r["share_of_matmul"] - r["achieved_gflops"] / r["matmul_limit_gflops"]) < 1e-12
+    model_flops, _ = forward_flops(build_unet(PROFILES["tiny"]))
+    assert r["forward_gflop_per_image"] == model_flops / 1e9
+    assert r["loss"] == r["loss"] and r["loss"] > 0
+    text = format_speed_check(r)
+    assert f"{r['images_per_s']:,.1f} img/s" in text and f"{r['share_of_matmul']:.1%}" in text and "float32" in text
+    assert json.loads(json.dumps(r)) == r, "the result is what --speed-check writes as JSON"

@@ -32,6 +32,17 @@ def test_two_replicas_take_the_same_step_as_one_device_with_the_clip_engaged(mea
     assert measured["unclipped_vs_clipped"] > 1e-4, "the clip must be engaged for the comparison to mean anything"
 
 
+def test_float16_with_loss_scaling_takes_the_same_step_on_two_replicas(measured):
+    """What precision "auto" picks on a GPU: the loss is scaled, the reduced gradients are clipped at
+    grad_clip x scale and LossScaleOptimizer unscales them. The gradient Adam receives (its first moment)
+    agrees with one device and with float32 to float16 rounding (stated: 1e-2 of its largest entry;
+    measured 5e-4). A clip that forgot the scale would shrink it ~30,000-fold."""
+    assert abs(measured["f16_loss_one"] - measured["f16_loss_two"]) < 1e-4, measured
+    assert not measured["f16_skipped"] and measured["f16_scale"] > 1, measured
+    assert measured["f16_grad_two_vs_one"] < 1e-2, measured
+    assert measured["f16_grad_vs_f32"] < 1e-2, measured
+
+
 def test_a_resumed_two_replica_run_continues_with_the_same_weights(measured):
     assert measured["resumed_at"] == 2 and measured["resumed_step"] == 3, measured
     assert measured["resume"] < 1e-6, measured

@@ -31,6 +31,26 @@ def test_unknown_name_lists_the_valid_ones(monkeypatch):
     assert "'huge'" in msg and "tiny, cpu, gpu" in msg and "DDPM_PROFILE" in msg
 
 
+def test_max_steps_caps_every_training_length_and_nothing_else(monkeypatch):
+    """DDPM_MAX_STEPS (make test-gpu): the gpu profile's 50,000 steps become 500, the warm-up at most a
+    fifth of them, checkpoints and previews at least twice; the network and the sampler stay the same."""
+    monkeypatch.setenv("DDPM_MAX_STEPS", "500")
+    full, test = PROFILES["gpu"], get_profile("gpu")
+    assert (test.train_steps, test.lesson_train_steps, test.toy_train_steps) == (500, 500, 500)
+    assert test.warmup_steps == 100 and test.checkpoint_every == 250 and test.preview_every == 250
+    changed = {f.name for f in dataclasses.fields(full) if getattr(full, f.name) != getattr(test, f.name)}
+    assert changed == {"train_steps", "lesson_train_steps", "toy_train_steps", "warmup_steps",
+                       "checkpoint_every", "preview_every"}
+    assert get_profile("tiny") == PROFILES["tiny"], "a cap above every length changes nothing"
+    assert profiles.capped_steps(3000) == 500 and profiles.capped_steps(100) == 100
+    monkeypatch.delenv("DDPM_MAX_STEPS")
+    assert get_profile("gpu") == full and profiles.capped_steps(3000) == 3000
+    for bad in ("0", "-5", "ten", "2.5"):
+        monkeypatch.setenv("DDPM_MAX_STEPS", bad)
+        with pytest.raises(ValueError, match="DDPM_MAX_STEPS"):
+            get_profile("gpu")
+
+
 def test_profiles_are_frozen_and_consistent():
     p = PROFILES["cpu"]
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -9,7 +9,7 @@
     blocks     time embedding, residual block, down/up sampling          lesson 04
     attention  self-attention over pixels, by hand                       lesson 05
     unet       the assembled U-Net                                       lesson 06
-    training   the Trainer: loss (eps or v, weighting), EMA, checkpoints lessons 07, 12
+    training   the Trainer: loss (eps or v, weighting), EMA, checkpoints lessons 07, 12, 14
     sampling   DDPM, DDIM, DPM-Solver++(2M), EDM Heun, DDIM inversion    lesson 08
     runs       run folders, the step rule, the time estimate, PNGs out   lessons 09, 10
     metrics    KID, SWD, the copy check, the protocol, the verdict       lesson 11

@@ -328,7 +328,7 @@ class Trainer:
                 self.strategy.gather(per_example, axis=0), self.strategy.gather(t, axis=0))
 
     def _replica_step(self, x0, labels=None):
-        """Algorithm 1 on this replica's b of the global B = b x R images.
+        """Algorithm 1 on this replica's b of the global B images (B = the sum of the R parts).
 
         t, the noise and the label dropout are drawn for the whole global batch from stateless seeds
         (config.seed, step) and each replica takes its slice, so R replicas draw exactly what one
@@ -341,9 +341,10 @@ class Trainer:
         c = self.config
         ctx = tf.distribute.get_replica_context()
         replicas = ctx.num_replicas_in_sync
-        b = tf.shape(x0)[0]
-        total = b * replicas
-        start = ctx.replica_id_in_sync_group * b
+        b = tf.shape(x0)[0]                      # the parts differ by one when R does not divide B
+        sizes = ctx.all_gather(tf.reshape(b, [1]), axis=0)          # (R,) every replica's part
+        total = tf.reduce_sum(sizes)
+        start = tf.reduce_sum(sizes[:ctx.replica_id_in_sync_group])
         seeds = tf.random.experimental.stateless_split(
             tf.stack([tf.constant(c.seed, tf.int64), tf.cast(self.step, tf.int64)]), 3)
         with tf.name_scope("noising"):

@@ -38,9 +38,9 @@ def trainer(devices, clip, checkpoint_dir=None, precision="float32"):
     return Trainer(model, schedule, config, checkpoint_dir=checkpoint_dir, strategy=strategy)
 
 
-def one_step(tr):
+def one_step(tr, n=8):
     batch = next(iter(tr.strategy.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensor_slices(images[:8]).batch(8))))
+        tf.data.Dataset.from_tensor_slices(images[:n]).batch(n))))
     loss, per_example, t = tr._compiled_step(batch)
     return float(loss), t.numpy(), [w.numpy() for w in tr.model.trainable_variables + tr.ema_model.trainable_variables]
 
@@ -56,6 +56,10 @@ l2, t2, w2 = one_step(trainer(TWO, clip))
 _, _, w_free = one_step(trainer(ONE, None))
 out.update(loss_one=l1, loss_two=l2, same_t=bool(np.array_equal(t1, t2)), weights=max_diff(w1, w2),
            unclipped_vs_clipped=max_diff(w1, w_free))
+# A global batch of 7 on two replicas: parts of 4 and 3, and still one device's t, noise and step.
+o1, s1, v1 = one_step(trainer(ONE, clip), n=7)
+o2, s2, v2 = one_step(trainer(TWO, clip), n=7)
+out.update(odd_loss_one=o1, odd_loss_two=o2, odd_same_t=bool(np.array_equal(s1, s2)), odd_weights=max_diff(v1, v2))
 
 
 

@@ -32,6 +32,14 @@ def test_two_replicas_take_the_same_step_as_one_device_with_the_clip_engaged(mea
     assert measured["unclipped_vs_clipped"] > 1e-4, "the clip must be engaged for the comparison to mean anything"
 
 
+def test_a_global_batch_that_the_replicas_do_not_divide_takes_the_same_step(measured):
+    """7 images on 2 replicas are parts of 4 and 3: each replica's slice of the global draws starts after
+    the parts before it (all-gathered sizes), so t, the loss and the weights are still one device's."""
+    assert measured["odd_same_t"], measured
+    assert abs(measured["odd_loss_one"] - measured["odd_loss_two"]) < 1e-5, measured
+    assert measured["odd_weights"] < 1e-6, measured
+
+
 def test_float16_with_loss_scaling_takes_the_same_step_on_two_replicas(measured):
     """What precision "auto" picks on a GPU: the loss is scaled, the reduced gradients are clipped at
     grad_clip x scale and LossScaleOptimizer unscales them. The gradient Adam receives (its first moment)

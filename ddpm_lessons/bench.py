@@ -450,7 +450,6 @@ def speed_check(profile_name="gpu", seconds=60.0, precision="auto", sizes=SPEED_
         achieved  = images/s x 3 x forward FLOPs per image      (backward ~ 2 forwards)
         share     = achieved / the best n x n matmul FLOP/s in that precision, n in ``sizes``
     """
-    import tensorflow as tf
     from .profiles import get_profile, resolve_precision
     from .unet import build_unet
     profile = get_profile(profile_name)

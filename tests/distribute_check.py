@@ -52,7 +52,8 @@ def max_diff(a, b):
 out = {}
 clip = 0.05                                   # the gradient norm is ~0.25 here: the clip is engaged
 l1, t1, w1 = one_step(trainer(ONE, clip))
-l2, t2, w2 = one_step(trainer(TWO, clip))
+two32 = trainer(TWO, clip)
+l2, t2, w2 = one_step(two32)
 _, _, w_free = one_step(trainer(ONE, None))
 out.update(loss_one=l1, loss_two=l2, same_t=bool(np.array_equal(t1, t2)), weights=max_diff(w1, w2),
            unclipped_vs_clipped=max_diff(w1, w_free))
@@ -60,7 +61,6 @@ out.update(loss_one=l1, loss_two=l2, same_t=bool(np.array_equal(t1, t2)), weight
 o1, s1, v1 = one_step(trainer(ONE, clip), n=7)
 o2, s2, v2 = one_step(trainer(TWO, clip), n=7)
 out.update(odd_loss_one=o1, odd_loss_two=o2, odd_same_t=bool(np.array_equal(s1, s2)), odd_weights=max_diff(v1, v2))
-
 
 
 def first_moments(tr):
@@ -71,9 +71,7 @@ def first_moments(tr):
 
 # float16 with loss scaling (what "auto" picks on a GPU): the scaled loss, the clip at grad_clip x scale
 # on the reduced gradients, and LossScaleOptimizer's unscaling, on two replicas against one device and
-# against float32; compared on the gradient Adam received (relative to its largest entry).
-two32 = trainer(TWO, clip)
-one_step(two32)
+# against float32 (two32's step above); compared on the gradient Adam received (relative to its largest entry).
 m32 = first_moments(two32)
 one16, two16 = trainer(ONE, clip, precision="float16"), trainer(TWO, clip, precision="float16")
 f1, f2 = one_step(one16)[0], one_step(two16)[0]

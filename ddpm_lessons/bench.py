@@ -451,7 +451,6 @@ def speed_check(profile_name="gpu", seconds=60.0, precision="auto", sizes=SPEED_
         share     = achieved / the best n x n matmul FLOP/s in that precision, n in ``sizes``
     """
     from .profiles import get_profile, resolve_precision
-    from .unet import build_unet
     profile = get_profile(profile_name)
     precision, why = resolve_precision(precision)
     facts = device_facts()
@@ -459,8 +458,8 @@ def speed_check(profile_name="gpu", seconds=60.0, precision="auto", sizes=SPEED_
     matmul = matmul_limit(sizes, repeats=5, dtype=precision)
     limit = max(r["gflops"] for r in matmul)
     log(f"  matmul limit ({precision}): {limit:,.0f} GFLOP/s ({time.perf_counter() - t0:.1f} s)")
-    flops, _ = forward_flops(build_unet(profile))
     trainer, x0 = bench_trainer(profile, precision)
+    flops, _ = forward_flops(trainer.ema_model)     # the trained U-Net's float32 copy: the same layers
     t0 = time.perf_counter()
     for _ in range(2):
         loss = float(trainer.train_step(x0))

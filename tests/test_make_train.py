@@ -116,7 +116,8 @@ def test_make_train_on_a_folder_survives_kill_9_and_resumes(tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert results["steps"] == 400 and results["images"] == 40
     v = results["verdict"]                                     # the verdict of every run
-    assert {"n", "kid_x1e3", "kid_se_x1e3", "swd_x1e3", "references", "near_copies", "advice"} <= set(v)
+    assert {"n", "call", "scores", "swd_x1e3", "references", "near_copies", "advice"} <= set(v)
+    assert v["call"] in ("like", "apart", "too-small")
     assert 0 <= v["near_copies"] <= 1 and v["advice"] in out and "verdict on" in out
     for name in ("samples.png", "loss.png", "finished.json", "settings.json", "09_full_training.ipynb"):
         assert (run / name).exists(), f"{name} missing from the run folder"

@@ -2,6 +2,8 @@
 
     feature_fn         images -> (N, 128) features (the global-average-pool layer of the network)
     random_feature_fn  images -> (N, 480) features of a random network (fixed seed, never trained)
+    layout_feature_fn  the same network, averaged over a 4x4 grid instead of the whole picture (where
+                       things are: the verdict's whole-picture score)
     detail_feature_fn  the same kind of network on each picture's fine detail, clip(4 (x - blur(x)))
     build_feature_net  conv3x3-BN-ReLU stack with two heads: subcategory and skin tone
     train_feature_net  reproduces the shipped weights (``assets/feature_net.weights.h5``)
@@ -246,17 +248,23 @@ RANDOM_WIDTHS = (32, 64, 128, 256)
 _RANDOM_MODELS = {}
 
 
-def build_random_net(widths=RANDOM_WIDTHS, seed: int = 0):
+def build_random_net(widths=RANDOM_WIDTHS, seed: int = 0, grid: int = 1):
     """A convolutional network that is never trained: conv3x3-ReLU per level (He-normal weights
     from a fixed seed), 2x2 average pooling between levels; the features are every level's
-    global average, concatenated: 32 + 64 + 128 + 256 = 480 values per 32x32 image."""
+    average over each cell of a ``grid`` x ``grid`` grid, concatenated. ``grid=1``: the global
+    average, 32 + 64 + 128 + 256 = 480 values per 32x32 image (what is there, not where);
+    ``grid=4``: 16 x 480 = 7,680 values (also where it is: the layout score)."""
     import keras
     x_in = keras.Input((FEATURE_SIZE, FEATURE_SIZE, 3))
     x, pooled = x_in, []
     for i, w in enumerate(widths):
         x = keras.layers.Conv2D(w, 3, padding="same", activation="relu",
                                 kernel_initializer=keras.initializers.HeNormal(seed=seed + i))(x)
-        pooled.append(keras.layers.GlobalAveragePooling2D()(x))
+        if grid == 1:
+            pooled.append(keras.layers.GlobalAveragePooling2D()(x))
+        else:
+            cell = x.shape[1] // grid
+            pooled.append(keras.layers.Flatten()(keras.layers.AveragePooling2D(cell)(x) if cell > 1 else x))
         if i < len(widths) - 1:
             x = keras.layers.AveragePooling2D(2)(x)
     return keras.Model(x_in, keras.layers.Concatenate()(pooled), name="random_features")
@@ -273,13 +281,30 @@ def random_feature_fn(images, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 480))
 
 
+LAYOUT_GRID = 4                    # the layout score keeps a 4x4 grid of where things are
+
+
+def layout_feature_fn(images, batch_size: int = 256) -> np.ndarray:
+    """Images (N, H, W, 3) -> (N, 7680) features of ``build_random_net(grid=4)`` (never trained):
+    each level's average over each cell of a 4x4 grid, so the features say *where* each colour
+    and edge is, not only that it is somewhere. The verdict's whole-picture score: it tells real
+    pictures from their phase-randomised blobs (same colours and textures, no thing) on every
+    folder the course measured, and a finished run from the same run early (lesson 11)."""
+    if "layout" not in _RANDOM_MODELS:
+        _RANDOM_MODELS["layout"] = build_random_net(grid=LAYOUT_GRID)
+    model = _RANDOM_MODELS["layout"]
+    x = resize_images(images, FEATURE_SIZE)
+    out = [model(x[i:i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 480 * LAYOUT_GRID ** 2))
+
+
 DETAIL_GAIN = 4.0                  # the fine detail is small: amplified 4x, then clipped to [-1, 1]
 
 
 def detail_images(images) -> np.ndarray:
     """The fine detail of each image at 32x32: clip(4 (x - blur_1px(x)), -1, 1), a high-pass image
     (what blurring removes, and what a model learns last)."""
-    from .scores import gaussian_blur
+    from .references import gaussian_blur
     x = resize_images(images, FEATURE_SIZE)
     return np.clip(DETAIL_GAIN * (x - gaussian_blur(x, 1.0)), -1.0, 1.0).astype(np.float32)
 

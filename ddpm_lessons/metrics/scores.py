@@ -9,43 +9,16 @@
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from .features import as_unit_float, feature_fn
+from .references import _filter_axis, gaussian_blur, noise_images  # noqa: F401 (gaussian_blur: re-exported)
 
 
-# ============================================================================ blur (Gaussian, binomial)
+# ============================================================================ the binomial filter
 
 _GAUSS5 = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0   # the binomial filter of cv2.pyrDown
-
-
-def _filter_axis(x, kernel, axis):
-    """Convolve along one axis with a symmetric kernel, mirror padding (scipy's 'mirror')."""
-    r = len(kernel) // 2
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (r, r)
-    xp = np.pad(x, pad, mode="reflect")
-    n = x.shape[axis]
-    out = np.zeros_like(x)
-    for i, k in enumerate(kernel):
-        out += k * np.take(xp, np.arange(i, i + n), axis=axis)
-    return out
-
-
-def gaussian_blur(images, sigma: float) -> np.ndarray:
-    """Blur images (N, H, W, C) in [-1, 1] with a Gaussian of std ``sigma`` pixels (reflect edges)."""
-    x = as_unit_float(images).astype(np.float64)
-    if sigma <= 0:
-        return x.astype(np.float32)
-    r = max(1, int(math.ceil(3 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k /= k.sum()
-    r = min(r, x.shape[1] - 1, x.shape[2] - 1)   # reflect padding needs r < size
-    k = k[len(k) // 2 - r: len(k) // 2 + r + 1]
-    k /= k.sum()
-    return _filter_axis(_filter_axis(x, k, 1), k, 2).astype(np.float32)
 
 
 # ============================================================================ KID
@@ -109,6 +82,40 @@ def kid(fa, fb, n_subsets: int = 10, seed: int = 0, min_subset: int = 4,
                      zip(np.array_split(pa, n_subsets), np.array_split(pb, n_subsets))])
     return {"kid": mmd2_unbiased(fa, fb, estimator), "se": float(subs.std(ddof=1) / np.sqrt(n_subsets)),
             "subset_kids": subs, "n": (len(fa), len(fb))}
+
+
+def kid_test(fa, fb, n_permutations: int = 200, seed: int = 0) -> dict:
+    """Is set a drawn like set b? KID(a, b) against its spread when they are (a permutation test).
+
+    Under "a and b come from one distribution" every split of the pooled set into sizes (m, n)
+    is as likely as the observed one; KID over ``n_permutations`` random splits gives that
+    null's mean and standard deviation, which accounts for *both* sets' sizes (with a small folder
+    the real side's few pictures dominate the spread). Returns {"kid", "se" (the null's std),
+    "z" = (kid - null mean) / se, "p" (share of splits at least as large), "n": (m, n)}.
+    "Apart beyond 2 standard errors" is z > 2.
+    """
+    fa, fb = np.asarray(fa, np.float64), np.asarray(fb, np.float64)
+    m, n = len(fa), len(fb)
+    if m < 2 or n < 2:
+        raise ValueError(f"kid_test needs at least 2 points per set, got {m} and {n}")
+    pooled = np.concatenate([fa, fb])
+    k = polynomial_kernel(pooled, pooled)
+    np.fill_diagonal(k, 0.0)                         # the unbiased estimator leaves i = j out
+    total = k.sum()
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((n_permutations + 1, m + n))
+    labels[0, :m] = 1.0                              # row 0: the observed split
+    for row in labels[1:]:
+        row[rng.permutation(m + n)[:m]] = 1.0
+    ka = k @ labels.T                                # (m + n, P): each point's kernel sum with set a
+    s_aa = np.einsum("ip,pi->p", ka, labels)         # sum over pairs inside a
+    s_ab = (ka.sum(0) - s_aa)                        # pairs (a, b), each counted once
+    s_bb = total - s_aa - 2.0 * s_ab
+    stats = s_aa / (m * (m - 1)) + s_bb / (n * (n - 1)) - 2.0 * s_ab / (m * n)
+    observed, null = float(stats[0]), stats[1:]
+    se = float(null.std(ddof=1))
+    return {"kid": observed, "se": se, "z": (observed - float(null.mean())) / se if se > 0 else 0.0,
+            "p": float((np.sum(null >= observed) + 1) / (len(null) + 1)), "n": (m, n)}
 
 
 # ============================================================================ SWD

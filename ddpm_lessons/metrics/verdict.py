@@ -1,114 +1,168 @@
-"""The verdict after a run: a score beside the folder's own floor and ceilings, the share of
-near-copies, and one sentence on what to do next (lesson 11, section 8; printed by lesson 09).
+"""The verdict after a run: is it like your pictures, apart from them, or can this folder not tell?
+(lesson 11, section 8; printed at the end of every run by lesson 09).
 
-    score        KID (x1e3) +- its standard error in the features of a random network applied to
-                 the pictures' fine detail (``detail_feature_fn``: never trained, so it reads the same
-                 on any folder; on two folders it orders real < a finished run < the same recipe
-                 after 300 steps < blurred by 1 px < by 2 px < noise, each step by more than 3.5
-                 paired standard errors: lesson 11, section 7), and SWD, against half B
-    references   the same at the same n for n pictures of half A (the floor: as good as it gets),
-                 those pictures blurred by 1 and 2 px, and noise (ceilings); SWD also catches a
-                 collapsed model that repeats a few pictures
-    shapes       KID in the random network's features of the whole picture (``random_feature_fn``),
-                 beside real pictures: on two folders it orders real < finished < 300 steps by more
-                 than 10 standard errors (it hardly sees blur, so it is read only for "still apart?")
-    copies       the share of samples flagged by ``MemorisationCheck`` against *all* the pictures,
-                 beside the share of real pictures (half A) flagged against half B: its floor
+Two scores, each the KID (x1e3) of the samples against *all* the folder's pictures, with a
+permutation test (``scores.kid_test``) whose standard error counts both sides' sizes:
+
+    detail   a random network on each picture's fine detail (``detail_feature_fn``): sees blur
+             and missing texture
+    layout   a random network averaged over a 4x4 grid of the whole picture (``layout_feature_fn``):
+             sees where things are, so it tells things from colour blobs
+
+Each score is also given to known-bad pictures made from the folder, at the same n as the samples:
+the pictures' **blobs** (phase-randomised: their colours and textures, no thing), the pictures
+blurred by 1 and 2 px, and noise; and to the **floor**, one half of the pictures against the other.
+
+The **call** (``CALLS``), from which the advice is written:
+
+    "apart"      a score puts the samples beyond 2 standard errors from the pictures (the test's
+                 p below P_APART, Bonferroni over the two scores); ``apart_by`` names the score(s)
+    "too-small"  not apart, but the layout score cannot tell even the blobs from the pictures at this
+                 n: the folder (or the sample count) is too small to judge whole pictures
+    "like"       not apart, and the blobs are apart: the test could have seen blobs, and did not
+
+Near-copies (``MemorisationCheck`` against all pictures, beside the share among real pictures) are
+reported beside the call and, when clearly more common than among real pictures, come first in
+the advice.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
 from .copies import MemorisationCheck
-from .features import detail_feature_fn, random_feature_fn as shape_feature_fn
-from .scores import ScoreReference, kid, paired_difference
+from .features import as_unit_float, detail_feature_fn, layout_feature_fn
+from .references import blob_images, gaussian_blur, noise_images
+from .scores import kid_test, swd, swd_descriptors
 
+CALLS = ("like", "apart", "too-small")
 COPY_WARNING = 0.10          # this many more near-copies than among real pictures: say so first
+MIN_PICTURES = 32            # fewer: no score at all
+P_APART = 0.0228 / 2         # one-sided normal tail beyond 2 standard errors, split over two scores
+PERMUTATIONS = 400           # the permutation test's random splits (the smallest p is 1/401)
+SWD_PATCHES = 64             # 7x7 patches per picture and pyramid level for SWD
+SCORES = {"detail": detail_feature_fn, "layout": layout_feature_fn}
+SCORE_WORDS = {"detail": "fine detail", "layout": "whole-picture layout"}
 
 
-MIN_PICTURES = 32            # fewer: no score (half of them would be too few for KID's subsets)
+def _test(f_query, f_real, seed):
+    t = kid_test(f_query, f_real, n_permutations=PERMUTATIONS, seed=seed)
+    return {"kid_x1e3": round(1e3 * t["kid"], 3), "se_x1e3": round(1e3 * t["se"], 3),
+            "z": round(t["z"], 1), "p": round(t["p"], 4), "apart": bool(t["p"] < P_APART)}
 
 
-def verdict(samples, pictures, feature_fn=detail_feature_fn, seed: int = 0, steps: int | None = None) -> dict:
-    """Everything the end of a run reports about its samples: see the module docstring.
+def verdict(samples, pictures, seed: int = 0, steps: int | None = None, feature_fns=None) -> dict:
+    """Everything the end of a run reports about its samples (see the module docstring).
 
-    ``steps``: the run's training steps (to suggest a number in the advice). Returns a dict that
-    ``json.dumps`` can write (numbers and strings only)."""
+    samples, pictures: (N, H, W, 3) uint8 or [-1, 1]. ``steps``: the run's training steps (to
+    suggest a number in the advice). ``feature_fns``: {"detail": fn, "layout": fn} to replace the
+    two feature networks (tests). Returns a dict that ``json.dumps`` can write."""
+    t0 = time.perf_counter()
+    pictures, x = as_unit_float(pictures), as_unit_float(samples)
     if len(pictures) < MIN_PICTURES:
-        copies = MemorisationCheck(pictures, feature_fn=None).check(samples) if len(pictures) > 1 else None
+        copies = MemorisationCheck(pictures, feature_fn=None).check(x) if len(pictures) > 1 else None
         share = round(copies["share_flagged"], 3) if copies else None
-        return {"n": int(len(samples)), "near_copies": share,
-                "advice": f"Only {len(pictures)} pictures: too few to score the samples against (at least "
-                          f"{MIN_PICTURES} are needed); add pictures."}
-    reference = ScoreReference(pictures, feature_fn=feature_fn, seed=seed)
-    n = min(len(samples), len(reference.a))
-    x = np.asarray(samples)[:n]
-    score = reference.score(x, with_subsets=True)
-    baselines = reference.baselines(n)
-    refs = {name: reference.score(images, with_subsets=True) for name, images in baselines.items()}
-    floor = paired_difference(refs["real (other half)"], score)          # samples minus real
+        v = {"n": int(len(x)), "n_pictures": int(len(pictures)), "call": "too-small", "apart_by": [],
+             "near_copies": share}
+        v["advice"] = advice(v, steps)
+        return v
+    fns = dict(SCORES, **(feature_fns or {}))
+    n = len(x)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pictures))
+    a, b = order[: len(pictures) // 2], order[len(pictures) // 2:]           # the halves of the floor
+    some = pictures[rng.permutation(len(pictures))[:n]]                     # n pictures (all, if fewer)
+    bad = {"blobs": blob_images(pictures, n=n, seed=seed + 1),              # each at the samples' n
+           "blurred 1px": gaussian_blur(some, 1.0), "blurred 2px": gaussian_blur(some, 2.0),
+           "noise": noise_images((n,) + pictures.shape[1:], seed=seed + 2)}
+    scores, refs = {}, {"real (half vs half)": {}, **{k: {} for k in bad}}
+    for name, fn in fns.items():
+        f_real = fn(pictures)
+        scores[name] = _test(fn(x), f_real, seed)
+        refs["real (half vs half)"][name] = _test(f_real[a], f_real[b], seed)
+        for k, images in bad.items():
+            refs[k][name] = _test(fn(images), f_real, seed)
+    descriptors = swd_descriptors(pictures, seed=seed + 1, n_descriptors=SWD_PATCHES * min(n, len(pictures)))
+    s = swd(x, pictures, patches_per_image=SWD_PATCHES, seed=seed, descriptors_b=descriptors)["swd"]
+    refs["real (half vs half)"]["swd_x1e3"] = round(swd(pictures[a], pictures[b], patches_per_image=SWD_PATCHES,
+                                                          seed=seed)["swd"], 1)
+    for k, images in bad.items():
+        refs[k]["swd_x1e3"] = round(swd(images, pictures, patches_per_image=SWD_PATCHES, seed=seed,
+                                        descriptors_b=descriptors)["swd"], 1)
     copies = MemorisationCheck(pictures, feature_fn=None).check(x)
-    # the same check on real pictures (half A against half B): a folder with near-identical pictures
-    # (clock faces, moon phases, skin tones) has "near-copies" among its own real pictures too
-    real_copies = MemorisationCheck(reference.b, feature_fn=None).check(baselines["real (other half)"])
-    out = {"n": int(n), "features": "random network on fine detail",
-           "kid_x1e3": round(1e3 * score["kid"], 2), "kid_se_x1e3": round(1e3 * score["kid_se"], 2),
-           "swd_x1e3": round(score["swd"], 1),
-           "references": {name: {"kid_x1e3": round(1e3 * r["kid"], 2), "kid_se_x1e3": round(1e3 * r["kid_se"], 2),
-                                 "swd_x1e3": round(r["swd"], 1)} for name, r in refs.items()},
-           "above_floor_z": round(floor["z"], 1),
-           "near_copies": round(copies["share_flagged"], 3),
-           "near_copies_among_real": round(real_copies["share_flagged"], 3),
-           "near_copy_median_gap_ratio": round(float(np.median(copies["pixel_ratio"])), 2)}
-    # the shapes-and-colours score: KID in the random network's features of the whole picture, on the
-    # same halves and subsets (it tracks training progress; the detail score tracks blur and detail)
-    fb, m = shape_feature_fn(reference.b), reference._subsets(n)
-    shape = kid(shape_feature_fn(x), fb, n_subsets=m, seed=seed)
-    shape_floor = kid(shape_feature_fn(baselines["real (other half)"]), fb, n_subsets=m, seed=seed)
-    as_score = lambda k: {"kid": k["kid"], "kid_subsets": k["subset_kids"], "n": n}
-    out.update(shape_kid_x1e3=round(1e3 * shape["kid"], 2), shape_kid_se_x1e3=round(1e3 * shape["se"], 2),
-               shape_floor_kid_x1e3=round(1e3 * shape_floor["kid"], 2),
-               shape_above_floor_z=round(paired_difference(as_score(shape_floor), as_score(shape))["z"], 1))
-    out["advice"] = advice(out, steps)
-    return out
+    real_copies = MemorisationCheck(pictures[b], feature_fn=None).check(pictures[a][:n])
+    apart_by = [name for name in fns if scores[name]["apart"]]
+    judged = refs["blobs"]["layout"]["apart"]
+    v = {"n": int(n), "n_pictures": int(len(pictures)),
+         "call": "apart" if apart_by else ("like" if judged else "too-small"), "apart_by": apart_by,
+         "scores": scores, "swd_x1e3": round(s, 1), "references": refs,
+         "near_copies": round(copies["share_flagged"], 3),
+         "near_copies_among_real": round(real_copies["share_flagged"], 3),
+         "near_copy_median_gap_ratio": round(float(np.median(copies["pixel_ratio"])), 2)}
+    v["advice"] = advice(v, steps)
+    v["seconds"] = round(time.perf_counter() - t0, 1)
+    return v
+
+
+def pictures_needed(v: dict) -> int:
+    """A rough count of pictures at which the layout score would tell blobs apart: the blob test's
+    z grows about like the square root of the folder's size, and it must reach about 2.5."""
+    z = max(v["references"]["blobs"]["layout"]["z"], 0.3) if "references" in v else 0.3
+    return int(np.ceil(v["n_pictures"] * max(1.0, (2.5 / z) ** 2) / 10.0) * 10)
 
 
 def advice(v: dict, steps: int | None = None) -> str:
-    """One sentence on what to do next, from the verdict's numbers (lesson 11, section 7: the
-    detail score's references are calibrated; the shapes score tracks training progress)."""
-    refs = v["references"]
+    """One sentence on what to do next, written from ``v["call"]`` (and the near-copy share)."""
     more = f"STEPS={2 * steps}" if steps else "more STEPS"
-    if v["near_copies"] - v.get("near_copies_among_real", 0.0) > COPY_WARNING:
-        return (f"{v['near_copies']:.0%} of the samples are near-copies of your pictures (of your real "
-                f"pictures, {v.get('near_copies_among_real', 0.0):.0%} are near-copies of others): add more "
-                "pictures rather than training longer.")
-    if v["kid_x1e3"] >= refs["blurred sigma=2px"]["kid_x1e3"]:
+    copies = v.get("near_copies")
+    if copies is not None and copies - v.get("near_copies_among_real", 0.0) > COPY_WARNING:
+        return (f"{copies:.0%} of the samples are near-copies of your pictures (of your real pictures, "
+                f"{v.get('near_copies_among_real', 0.0):.0%} are near-copies of others): add more pictures "
+                "rather than training longer.")
+    if "scores" not in v:
+        return (f"Only {v['n_pictures']} pictures: too few to score the samples against (at least "
+                f"{MIN_PICTURES} are needed); look at the grid, and add pictures.")
+    if v["call"] == "too-small":
+        return ("This folder is too small for the score to judge whole pictures (it cannot even tell your "
+                "pictures from their colour blobs): look at the grid and at each sample beside its nearest "
+                f"picture. About {pictures_needed(v)} pictures would let it judge.")
+    if v["call"] == "like":
+        return ("The samples score like your own pictures in fine detail and in whole-picture layout, and "
+                "this test can tell blobs from your pictures: to go further, add pictures or try SIZE=64.")
+    refs, sc = v["references"], v["scores"]
+    if "detail" in v["apart_by"] and sc["detail"]["kid_x1e3"] >= refs["blurred 2px"]["detail"]["kid_x1e3"]:
         return (f"The samples are still far from your pictures (their detail is worse than your pictures "
                 f"blurred by 2 px): train longer ({more}); with few or very varied pictures, more pictures "
                 "of one kind of thing help most.")
-    if v["kid_x1e3"] >= refs["blurred sigma=1px"]["kid_x1e3"]:
+    if "layout" in v["apart_by"] and sc["layout"]["kid_x1e3"] >= refs["blobs"]["layout"]["kid_x1e3"]:
+        return (f"The samples are colour blobs, not things yet: as far from your pictures' layout as your "
+                f"pictures' own blobs are. Train longer ({more}); with few or very varied pictures, more "
+                "pictures of one kind of thing help most.")
+    if "detail" in v["apart_by"] and sc["detail"]["kid_x1e3"] >= refs["blurred 1px"]["detail"]["kid_x1e3"]:
         return f"The samples look like your pictures blurred by 1-2 px: training longer ({more}) should help."
-    if v["above_floor_z"] < 2 and v["shape_above_floor_z"] < 2:
-        return ("The samples score like your own pictures, within what this many samples can tell "
-                "apart: to go further, add pictures or try SIZE=64.")
-    return (f"The samples' detail is {'like' if v['above_floor_z'] < 2 else 'close to'} your pictures' "
-            f"(better than blurred by 1 px), but their shapes and colours are still "
-            f"{v['shape_above_floor_z']:.0f} standard errors apart from real ones: training longer "
-            f"({more}) should help; with few or very varied pictures, more pictures of one kind help most.")
+    which = " and ".join(SCORE_WORDS[k] for k in v["apart_by"])
+    return (f"The samples are closer to your pictures than blobs or blur are, but still apart from them "
+            f"in {which} (beyond 2 standard errors): training longer ({more}) should help; with few or "
+            "very varied pictures, more pictures of one kind help most.")
 
 
 def format_verdict(v: dict) -> str:
     """The verdict as a few lines of text."""
-    if "references" not in v:
-        return v["advice"]
-    lines = [f"verdict on {v['n']} samples (KID x1e3 in a {v['features']}, SWD x1e3; lower is better):",
-             f"  samples              KID {v['kid_x1e3']:9.2f} +- {v['kid_se_x1e3']:6.2f}   SWD {v['swd_x1e3']:6.1f}"]
+    if "scores" not in v:
+        return f"verdict: {v['call']}\n{v['advice']}"
+    names = list(v["scores"])
+    head = "".join(f"{k:>20s}   " for k in names)
+    lines = [f"verdict on {v['n']} samples against your {v['n_pictures']} pictures (KID x1e3 +- its standard "
+             f"error; * = apart beyond 2 SE; lower is better)",
+             f"  {'':22s}{head}SWD x1e3"]
+    cell = lambda r: f"{r['kid_x1e3']:9.2f} +- {r['se_x1e3']:6.2f}{'*' if r['apart'] else ' '}   "
+    lines.append(f"  {'samples':22s}" + "".join(cell(v["scores"][k]) for k in names) + f"{v['swd_x1e3']:6.1f}")
     for name, r in v["references"].items():
-        lines.append(f"  {name:20s} KID {r['kid_x1e3']:9.2f} +- {r['kid_se_x1e3']:6.2f}   SWD {r['swd_x1e3']:6.1f}")
-    lines.append(f"  shapes and colours (KID x1e3 in a random network on the whole picture): samples "
-                 f"{v['shape_kid_x1e3']:.2f} +- {v['shape_kid_se_x1e3']:.2f}, real {v['shape_floor_kid_x1e3']:.2f} "
-                 f"({v['shape_above_floor_z']:.0f} standard errors apart)")
+        lines.append(f"  {name:22s}" + "".join(cell(r[k]) for k in names) + f"{r['swd_x1e3']:6.1f}")
     lines.append(f"  near-copies of your pictures: {v['near_copies']:.0%} of the samples "
                  f"({v['near_copies_among_real']:.0%} of real pictures against the other half)")
+    lines.append(f"  call: {v['call']}" + (f" (by {', '.join(SCORE_WORDS[k] for k in v['apart_by'])})"
+                                          if v["apart_by"] else "") + f"   [{v['seconds']:.0f} s]")
     lines.append(v["advice"])
     return "\n".join(lines)

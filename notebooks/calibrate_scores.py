@@ -1,21 +1,26 @@
 """Is the score calibrated? Candidate scores on sets whose order we know (lesson 11, section 7).
 
-For each folder (the shipped emoji portraits, and data/twemoji-things which nothing was tuned on),
+For each folder (the shipped emoji portraits, data/twemoji-things which nothing was tuned on, and the
+photographs of data/build_tuxpaint_photos.py when they have been built),
 at 32x32, n = min(512, half the folder) images per set, every set scored against the same real
 half B with the same subsets (so differences are paired):
 
     real       n images of the other half A (the floor: a perfect model)
     final      a finished run's samples          (calibration/<folder>_final.npz)
-    early      the same recipe after 300 steps   (calibration/<folder>_early.npz)
+    early      the same recipe after 200 steps   (calibration/<folder>_early.npz)
+    blobs      half A phase-randomised: each picture's colours and textures, no thing in it
     blur1/2    half A blurred, sigma = 1 / 2 px
     noise      Gaussian noise, clipped
     collapsed  8 images of half A, each repeated n/8 times (a model that has collapsed)
 
-The order must be real < final < early < blur < noise, each step by more than 2 paired standard
-errors, and collapsed must score clearly above real. Candidates: KID in the emoji feature network
-(trained on the shipped data), KID in a *random* convolutional network (never trained: the same on
-any folder), KID in another random network applied to the pictures' fine detail
-(``detail_feature_fn``: x - blur(x), amplified 4x), and SWD. Writes calibration/results.json; ~5 minutes:
+Two orders must hold, each step by more than 2 paired standard errors: real < final < early (training
+progress) and real < blur 1 px < blur 2 px < noise; collapsed must score clearly above real, and blobs
+above early (a score that sees things).
+Candidates: KID in the emoji feature network (trained on the shipped data), KID in a *random*
+convolutional network (never trained: the same on any folder), the same network averaged over a 4x4
+grid instead of the whole picture (``layout_feature_fn``), KID in another random network applied to
+the pictures' fine detail (``detail_feature_fn``: x - blur(x), amplified 4x), and SWD. Writes
+calibration/results.json; ~8 minutes:
 
     .venv/bin/python notebooks/calibrate_scores.py
 """
@@ -28,11 +33,16 @@ import numpy as np
 from ddpm_lessons.data import default_dataset_path, read_image_folder
 from ddpm_lessons.metrics import (as_unit_float, detail_feature_fn, feature_fn, gaussian_blur, kid,
                                   random_feature_fn, swd)
+from ddpm_lessons.metrics.features import layout_feature_fn
+from ddpm_lessons.metrics.references import blob_images
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "calibration"
-FOLDERS = {"emoji": default_dataset_path(), "twemoji": HERE.parent / "data" / "twemoji-things"}
-ORDER = ["real", "final", "early", "blur1", "blur2", "noise"]
+FOLDERS = {"emoji": default_dataset_path(), "twemoji": HERE.parent / "data" / "twemoji-things",
+           "photos": HERE.parent / "data" / "tuxpaint-photos"}
+CANDIDATES = {"emoji-net": feature_fn, "random-net": random_feature_fn, "layout-net": layout_feature_fn,
+              "detail-net": detail_feature_fn}
+CHAINS = (["real", "final", "early"], ["real", "blur1", "blur2", "noise"])   # training progress; blur
 SUBSETS = 10
 
 
@@ -50,7 +60,7 @@ def sets_for(folder, name):
             sets[which] = as_unit_float(np.load(path)["images"])[:n]
     sets.update(blur1=gaussian_blur(a[:n], 1.0), blur2=gaussian_blur(a[:n], 2.0),
                 noise=np.clip(g.standard_normal(a[:n].shape), -1, 1).astype(np.float32),
-                collapsed=np.repeat(a[:8], -(-n // 8), axis=0)[:n])
+                collapsed=np.repeat(a[:8], -(-n // 8), axis=0)[:n], blobs=blob_images(a[:n], seed=1))
     return sets, b, n
 
 
@@ -63,32 +73,38 @@ def paired(r1, r2):
 def main():
     results = {}
     for name, folder in FOLDERS.items():
+        if not folder.exists():
+            print(f"{name}: {folder} is missing (data/build_tuxpaint_photos.py builds it), skipped")
+            continue
         sets, b, n = sets_for(folder, name)
         res = {"n": n, "sets": {}}
-        for fname, fn in (("emoji-net", feature_fn), ("random-net", random_feature_fn),
-                          ("detail-net", detail_feature_fn)):
+        for fname, fn in CANDIDATES.items():
             t0 = time.perf_counter()
             fb = fn(b)
             rows = {k: kid(fn(v), fb, n_subsets=SUBSETS, seed=0) for k, v in sets.items()}
             steps = []
-            present = [k for k in ORDER if k in rows]
-            for lo, hi in zip(present, present[1:]):
-                diff, se = paired(rows[lo], rows[hi])
-                steps.append({"from": lo, "to": hi, "diff": diff, "se": se, "z": diff / se})
+            for chain in CHAINS:
+                present = [k for k in chain if k in rows]
+                for lo, hi in zip(present, present[1:]):
+                    diff, se = paired(rows[lo], rows[hi])
+                    steps.append({"from": lo, "to": hi, "diff": diff, "se": se, "z": diff / se})
             diff, se = paired(rows["real"], rows["collapsed"])
+            bdiff, bse = paired(rows["early"], rows["blobs"]) if "early" in rows else (np.nan, np.nan)
             res[fname] = {"kid": {k: [r["kid"], r["se"]] for k, r in rows.items()}, "steps": steps,
                           "collapsed_vs_real": {"diff": diff, "se": se, "z": diff / se},
+                          "blobs_vs_early": {"diff": bdiff, "se": bse, "z": bdiff / bse},
                           "seconds": round(time.perf_counter() - t0, 1)}
         res["swd"] = {k: swd(v, b)["swd"] for k, v in sets.items()}
         results[name] = res
         print(f"\n{name}: n = {n}, real half B = {len(b)}")
-        for fname in ("emoji-net", "random-net", "detail-net"):
+        for fname in CANDIDATES:
             r = res[fname]
             print(f"  KID x1e3, {fname}: " + "  ".join(f"{k} {1e3 * v[0]:.1f}+-{1e3 * v[1]:.1f}"
                                                       for k, v in r["kid"].items()))
             print("    steps (z = diff / paired se): " + "  ".join(f"{s['from']}<{s['to']} z={s['z']:.1f}"
                                                                for s in r["steps"])
-                  + f"   collapsed-real z={r['collapsed_vs_real']['z']:.1f}")
+                  + f"   collapsed-real z={r['collapsed_vs_real']['z']:.1f}"
+                  + f"   blobs-early z={r['blobs_vs_early']['z']:.1f}")
         print("  SWD x1e3: " + "  ".join(f"{k} {v:.1f}" for k, v in res["swd"].items()))
     (OUT / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 

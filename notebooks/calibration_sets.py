@@ -1,19 +1,21 @@
-"""The sample sets that lesson 11 calibrates its scores on, for two folders (committed, so the
-calibration can be re-checked without training anything).
+"""The sample sets that lesson 11 calibrates its scores and the verdict on, for three folders
+(committed, so the calibration can be re-checked without training anything).
 
-For each folder, at the cpu profile's 32x32 and with the preview sampler (DDIM-50, eta = 1), from
-fresh seeds (not the previews' or the final grid's):
+For each folder, at the cpu profile's 32x32 and with the profile's sampler (DPM-Solver++(2M), 10
+network evaluations), from fresh seeds (not the previews' or the final grid's):
 
     final    512 samples of a finished run's EMA weights
-             (emoji portraits: the shipped reference checkpoint; twemoji-things: a run folder of
-             `make train DATA=data/twemoji-things`, given with --twemoji-run)
-    early    512 samples of the same recipe after only 300 training steps (trained here, from scratch)
+             (emoji portraits: the shipped reference checkpoint; twemoji-things and the photographs
+             of data/build_tuxpaint_photos.py: a run folder of `make train DATA=...`, given with
+             --twemoji-run / --photos-run)
+    early    512 samples of the same recipe after only EARLY_STEPS = 200 training steps (trained
+             here, from scratch)
 
-Real, blurred, noise and "collapsed" sets are made from the folder itself by
-``calibrate_scores.py``. Writes notebooks/calibration/<folder>_<set>.npz (uint8 (512, 32, 32, 3)).
-About 12 minutes on 2 cores:
+Real, blurred, blob and noise sets are made from the folder itself by ``calibrate_scores.py`` and
+``calibrate_verdict.py``. Writes notebooks/calibration/<folder>_<set>.npz (uint8 (512, 32, 32, 3)).
+About 3 minutes per early set and 1 per final set on 2 cores:
 
-    .venv/bin/python notebooks/calibration_sets.py --twemoji-run runs/<the twemoji run>
+    .venv/bin/python notebooks/calibration_sets.py --twemoji-run runs/<twemoji run> --photos-run runs/<photos run>
 """
 import argparse
 from pathlib import Path
@@ -30,8 +32,9 @@ from ddpm_lessons.unet import build_unet
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "calibration"
-FOLDERS = {"emoji": default_dataset_path(), "twemoji": HERE.parent / "data" / "twemoji-things"}
-NUM, SEED, EARLY_STEPS = 512, 5000, 300
+FOLDERS = {"emoji": default_dataset_path(), "twemoji": HERE.parent / "data" / "twemoji-things",
+           "photos": HERE.parent / "data" / "tuxpaint-photos"}
+NUM, SEED, EARLY_STEPS = 512, 5000, 200
 
 
 def draw(model, schedule, settings):
@@ -41,7 +44,8 @@ def draw(model, schedule, settings):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--twemoji-run", required=True, help="run folder of make train DATA=data/twemoji-things")
+    p.add_argument("--twemoji-run", help="run folder of make train DATA=data/twemoji-things")
+    p.add_argument("--photos-run", help="run folder of make train DATA=data/tuxpaint-photos")
     p.add_argument("--only", nargs="*", default=None, help="e.g. emoji_final twemoji_early")
     args = p.parse_args()
     import keras
@@ -55,9 +59,12 @@ def main():
             model = load_reference_weights(build_unet(profile))
             settings = profile
         elif which == "final":
-            model, schedule, saved, ckpt = load_ema_model(args.twemoji_run)
+            run = {"twemoji": args.twemoji_run, "photos": args.photos_run}[folder]
+            if not run:
+                raise SystemExit(f"{name}: give --{folder}-run <run folder>")
+            model, schedule, saved, ckpt = load_ema_model(run)
             settings = saved["profile"]
-            print(f"{name}: {args.twemoji_run} at {ckpt}")
+            print(f"{name}: {run} at {ckpt}")
         else:
             keras.utils.set_random_seed(0)
             images, _ = read_image_folder(FOLDERS[folder], profile.image_size)

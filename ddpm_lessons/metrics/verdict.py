@@ -52,12 +52,68 @@ def _test(f_query, f_real, seed):
             "z": round(t["z"], 1), "p": round(t["p"], 4), "apart": bool(t["p"] < P_APART)}
 
 
+class FolderVerdict:
+    """A folder's side of the verdict, computed once: its pictures' features, the floor (half vs
+    half), the known-bad references at sample count ``n`` and the copy check. ``judge(samples)``
+    then costs only the samples' side (lesson 11 judges many sample sets against one folder)."""
+
+    def __init__(self, pictures, n: int, seed: int = 0, feature_fns=None):
+        self.pictures, self.n, self.seed = as_unit_float(pictures), int(n), seed
+        self.fns = dict(SCORES, **(feature_fns or {}))
+        pics = self.pictures
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(pics))
+        a, b = order[: len(pics) // 2], order[len(pics) // 2:]                 # the halves of the floor
+        some = pics[rng.permutation(len(pics))[:n]]                            # n pictures (all, if fewer)
+        bad = {"blobs": blob_images(pics, n=n, seed=seed + 1),                # each at the samples' n
+               "blurred 1px": gaussian_blur(some, 1.0), "blurred 2px": gaussian_blur(some, 2.0),
+               "noise": noise_images((n,) + pics.shape[1:], seed=seed + 2)}
+        self.features = {name: fn(pics) for name, fn in self.fns.items()}
+        refs = {"real (half vs half)": {name: _test(f[a], f[b], seed) for name, f in self.features.items()}}
+        for k, images in bad.items():
+            refs[k] = {name: _test(fn(images), self.features[name], seed) for name, fn in self.fns.items()}
+        self.descriptors = swd_descriptors(pics, seed=seed + 1, n_descriptors=SWD_PATCHES * min(n, len(pics)))
+        refs["real (half vs half)"]["swd_x1e3"] = round(swd(pics[a], pics[b], patches_per_image=SWD_PATCHES,
+                                                              seed=seed)["swd"], 1)
+        for k, images in bad.items():
+            refs[k]["swd_x1e3"] = self._swd(images)
+        self.references = refs
+        self.copy_check = MemorisationCheck(pics, feature_fn=None)
+        self.real_copies = MemorisationCheck(pics[b], feature_fn=None).check(pics[a][:n])["share_flagged"]
+
+    def _swd(self, images):
+        return round(swd(images, self.pictures, patches_per_image=SWD_PATCHES, seed=self.seed,
+                         descriptors_b=self.descriptors)["swd"], 1)
+
+    def judge(self, samples, steps: int | None = None) -> dict:
+        """The verdict on ``samples`` (n of them, see the module docstring): a JSON-able dict."""
+        t0 = time.perf_counter()
+        x = as_unit_float(samples)
+        if len(x) != self.n or x.shape[1:] != self.pictures.shape[1:]:
+            raise ValueError(f"samples of shape {x.shape}: this verdict was prepared for {self.n} samples of "
+                             f"shape {self.pictures.shape[1:]}")
+        scores = {name: _test(fn(x), self.features[name], self.seed) for name, fn in self.fns.items()}
+        copies = self.copy_check.check(x)
+        apart_by = [name for name in self.fns if scores[name]["apart"]]
+        judged = self.references["blobs"]["layout"]["apart"]
+        v = {"n": self.n, "n_pictures": int(len(self.pictures)),
+             "call": "apart" if apart_by else ("like" if judged else "too-small"), "apart_by": apart_by,
+             "scores": scores, "swd_x1e3": self._swd(x), "references": self.references,
+             "near_copies": round(copies["share_flagged"], 3),
+             "near_copies_among_real": round(self.real_copies, 3),
+             "near_copy_median_gap_ratio": round(float(np.median(copies["pixel_ratio"])), 2)}
+        v["advice"] = advice(v, steps)
+        v["seconds"] = round(time.perf_counter() - t0, 1)
+        return v
+
+
 def verdict(samples, pictures, seed: int = 0, steps: int | None = None, feature_fns=None) -> dict:
     """Everything the end of a run reports about its samples (see the module docstring).
 
     samples, pictures: (N, H, W, 3) uint8 or [-1, 1]. ``steps``: the run's training steps (to
     suggest a number in the advice). ``feature_fns``: {"detail": fn, "layout": fn} to replace the
-    two feature networks (tests). Returns a dict that ``json.dumps`` can write."""
+    two feature networks (tests). Returns a dict that ``json.dumps`` can write; "seconds" is the
+    whole verdict's time."""
     t0 = time.perf_counter()
     pictures, x = as_unit_float(pictures), as_unit_float(samples)
     if len(pictures) < MIN_PICTURES:
@@ -67,40 +123,7 @@ def verdict(samples, pictures, seed: int = 0, steps: int | None = None, feature_
              "near_copies": share}
         v["advice"] = advice(v, steps)
         return v
-    fns = dict(SCORES, **(feature_fns or {}))
-    n = len(x)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(pictures))
-    a, b = order[: len(pictures) // 2], order[len(pictures) // 2:]           # the halves of the floor
-    some = pictures[rng.permutation(len(pictures))[:n]]                     # n pictures (all, if fewer)
-    bad = {"blobs": blob_images(pictures, n=n, seed=seed + 1),              # each at the samples' n
-           "blurred 1px": gaussian_blur(some, 1.0), "blurred 2px": gaussian_blur(some, 2.0),
-           "noise": noise_images((n,) + pictures.shape[1:], seed=seed + 2)}
-    scores, refs = {}, {"real (half vs half)": {}, **{k: {} for k in bad}}
-    for name, fn in fns.items():
-        f_real = fn(pictures)
-        scores[name] = _test(fn(x), f_real, seed)
-        refs["real (half vs half)"][name] = _test(f_real[a], f_real[b], seed)
-        for k, images in bad.items():
-            refs[k][name] = _test(fn(images), f_real, seed)
-    descriptors = swd_descriptors(pictures, seed=seed + 1, n_descriptors=SWD_PATCHES * min(n, len(pictures)))
-    s = swd(x, pictures, patches_per_image=SWD_PATCHES, seed=seed, descriptors_b=descriptors)["swd"]
-    refs["real (half vs half)"]["swd_x1e3"] = round(swd(pictures[a], pictures[b], patches_per_image=SWD_PATCHES,
-                                                          seed=seed)["swd"], 1)
-    for k, images in bad.items():
-        refs[k]["swd_x1e3"] = round(swd(images, pictures, patches_per_image=SWD_PATCHES, seed=seed,
-                                        descriptors_b=descriptors)["swd"], 1)
-    copies = MemorisationCheck(pictures, feature_fn=None).check(x)
-    real_copies = MemorisationCheck(pictures[b], feature_fn=None).check(pictures[a][:n])
-    apart_by = [name for name in fns if scores[name]["apart"]]
-    judged = refs["blobs"]["layout"]["apart"]
-    v = {"n": int(n), "n_pictures": int(len(pictures)),
-         "call": "apart" if apart_by else ("like" if judged else "too-small"), "apart_by": apart_by,
-         "scores": scores, "swd_x1e3": round(s, 1), "references": refs,
-         "near_copies": round(copies["share_flagged"], 3),
-         "near_copies_among_real": round(real_copies["share_flagged"], 3),
-         "near_copy_median_gap_ratio": round(float(np.median(copies["pixel_ratio"])), 2)}
-    v["advice"] = advice(v, steps)
+    v = FolderVerdict(pictures, len(x), seed, feature_fns).judge(x, steps)
     v["seconds"] = round(time.perf_counter() - t0, 1)
     return v
 
@@ -142,9 +165,15 @@ def advice(v: dict, steps: int | None = None) -> str:
     if "detail" in v["apart_by"] and sc["detail"]["kid_x1e3"] >= refs["blurred 1px"]["detail"]["kid_x1e3"]:
         return f"The samples look like your pictures blurred by 1-2 px: training longer ({more}) should help."
     which = " and ".join(SCORE_WORDS[k] for k in v["apart_by"])
-    return (f"The samples are closer to your pictures than blobs or blur are, but still apart from them "
-            f"in {which} (beyond 2 standard errors): training longer ({more}) should help; with few or "
-            "very varied pictures, more pictures of one kind help most.")
+    better = [text for ok, text in (
+        (sc["detail"]["kid_x1e3"] < refs["blurred 1px"]["detail"]["kid_x1e3"],
+         "their detail is better than your pictures blurred by 1 px"),
+        (sc["layout"]["kid_x1e3"] < refs["blobs"]["layout"]["kid_x1e3"],
+         "their layout is closer than your pictures' blobs")) if ok]
+    return (f"The samples are apart from your pictures in {which} (beyond 2 standard errors)"
+            + (f", though {' and '.join(better)}" if better else "")
+            + f": training longer ({more}) should help; with few or very varied pictures, more pictures of "
+            "one kind help most.")
 
 
 def format_verdict(v: dict) -> str:

@@ -8,6 +8,8 @@
 #                        INIT=reference starts from the shipped emoji weights,
 #                        PRECISION=float32 turns bfloat16 training off (default auto: bfloat16
 #                        where the CPU has AVX512_BF16 or AMX),
+#                        COMPILE=function|xla forces how the training step is compiled (default auto:
+#                        XLA on a GPU and on CPUs without AVX-512, tf.function on AVX-512 CPUs),
 #                        RUNS=dir keeps run folders somewhere else than runs/,
 #                        DISTRIBUTE=off trains on one device where there are several GPUs (default auto:
 #                        MirroredStrategy over all of them),
@@ -37,6 +39,7 @@ FRESH ?= 0
 STEPS ?= 0
 INIT ?=
 PRECISION ?=
+COMPILE ?=
 RUNS ?= runs
 DATA ?=
 SIZE ?= 0
@@ -69,7 +72,7 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	@run=$$(DDPM_PROFILE=$(PROFILE) $(BIN)/python -m ddpm_lessons.runs prepare --runs "$(RUNS)" \
 	  --data "$(DATA)" --size $(SIZE) --steps $(STEPS) --init "$(INIT)" --precision "$(PRECISION)" \
-	  --distribute "$(DISTRIBUTE)" \
+	  --distribute "$(DISTRIBUTE)" --compile "$(COMPILE)" \
 	  $(if $(filter 1,$(FRESH)),--fresh) $(if $(filter 1,$(CONTINUE)),--continue) \
 	  $(if $(filter 1,$(CONDITIONAL)),--conditional)) || exit 2; \
 	progress="$(PROGRESS)"; test -n "$$progress" || { test -t 1 && progress=bar || progress=lines; }; \

@@ -21,23 +21,13 @@ import os as _os
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _cpu_flags() -> set:
-    """The CPU's feature flags from /proc/cpuinfo (Linux), else an empty set."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 # oneDNN where TensorFlow leaves it off: TensorFlow turns its oneDNN kernels on by itself only on CPUs
 # with AVX512_VNNI, AVX512_BF16 or AMX; on an x86 CPU with AVX2 but none of those (most laptops) they
 # train the course's U-Net faster (README, Speed). Setting it where TensorFlow would turn it on anyway
 # changes nothing. A value the user set always wins. Must happen before TensorFlow is first imported.
-ONEDNN_SWITCHED_ON = False
+from .profiles import cpu_flags as _cpu_flags        # (profiles imports no TensorFlow)
+
+ONEDNN_SWITCHED_ON = False      # True where this package turned oneDNN on and TensorFlow would not have
 if "TF_ENABLE_ONEDNN_OPTS" not in _os.environ and "avx2" in _cpu_flags():
     _os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
     ONEDNN_SWITCHED_ON = not ({"avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"} & _cpu_flags())

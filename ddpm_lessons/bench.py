@@ -254,12 +254,13 @@ def train_worker(profile_name: str, mode: str, steps: int, precision: str = "flo
             "loss": loss}
 
 
-def run_worker(profile_name: str, mode: str, steps: int, precision: str = "float32") -> dict:
-    """``train_worker`` in a fresh ``python -m ddpm_lessons.bench --_worker`` process."""
+def run_worker(profile_name: str, mode: str, steps: int, precision: str = "float32", env=None) -> dict:
+    """``train_worker`` in a fresh ``python -m ddpm_lessons.bench --_worker`` process (``env``: extra
+    environment variables for it, e.g. TF_ENABLE_ONEDNN_OPTS)."""
     cmd = [sys.executable, "-m", "ddpm_lessons.bench", "--_worker", "--profile", profile_name,
            "--mode", mode, "--steps", str(steps), "--precision", precision]
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **(env or {})))
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode or not lines:
         raise RuntimeError(f"worker {profile_name}/{mode}/{precision} failed (exit {done.returncode}):\n"
@@ -267,6 +268,34 @@ def run_worker(profile_name: str, mode: str, steps: int, precision: str = "float
     result = json.loads(lines[-1])
     result["process_s"] = time.perf_counter() - t0
     return result
+
+
+# ------------------------------------------------------------------ oneDNN x compile mode, paired
+AVX2_EMULATION = {"ONEDNN_MAX_CPU_ISA": "AVX2", "XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}
+SETTINGS = {"oneDNN off, tf.function": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "function"),
+            "oneDNN off, XLA": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "xla"),
+            "oneDNN on, tf.function": ({"TF_ENABLE_ONEDNN_OPTS": "1"}, "function"),
+            "oneDNN on, XLA": ({"TF_ENABLE_ONEDNN_OPTS": "1"}, "xla")}
+
+
+def compare_settings(profile_name="cpu", rounds=3, steps=15, emulate_avx2=False, log=print) -> dict:
+    """Training images/s of the real Trainer under each of ``SETTINGS`` (oneDNN on/off x tf.function/
+    XLA), in fresh processes, the settings alternating round by round so that a change in the machine's
+    load hits them all alike; ``emulate_avx2`` holds oneDNN and XLA's code generation to AVX2 (an
+    AVX-512 machine approaching an AVX2 laptop: TensorFlow's own Eigen kernels are built for AVX2 or less
+    anyway). Returns per setting the img/s of every round, the median, and the ratio of medians to
+    "oneDNN off, tf.function" (what an AVX2 CPU ran before this package turned oneDNN on)."""
+    extra = AVX2_EMULATION if emulate_avx2 else {}
+    runs = {name: [] for name in SETTINGS}
+    for r in range(rounds):
+        for name, (env, mode) in SETTINGS.items():
+            w = run_worker(profile_name, mode, steps, env=dict(env, **extra))
+            runs[name].append(w["images_per_s"])
+            log(f"  round {r + 1}/{rounds}  {name:24s} {w['images_per_s']:6.1f} img/s  (first step {w['first_step_s']:.0f} s)")
+    med = {name: float(np.median(v)) for name, v in runs.items()}
+    base = med["oneDNN off, tf.function"]
+    return {"profile": profile_name, "rounds": rounds, "steps": steps, "emulate_avx2": emulate_avx2,
+            "env": extra, "images_per_s": runs, "median": med, "ratio_to_off_function": {k: v / base for k, v in med.items()}}
 
 
 # ------------------------------------------------------------------ sampling
@@ -566,6 +595,12 @@ def main(argv=None) -> int:
                              "of the matmul speed in the training precision (float16 on a GPU); writes "
                              "<out>/speed-check-<profile>.json")
     parser.add_argument("--seconds", type=float, default=60.0, help="timed seconds of the speed check")
+    parser.add_argument("--compare-settings", action="store_true",
+                        help="paired training img/s under oneDNN on/off x tf.function/XLA (fresh processes, "
+                             "alternating rounds); writes <out>/settings-<profile>[-avx2].json")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare-settings")
+    parser.add_argument("--emulate-avx2", action="store_true",
+                        help="with --compare-settings: hold oneDNN and XLA to AVX2 (ONEDNN_MAX_CPU_ISA, XLA_FLAGS)")
     parser.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="function", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
@@ -574,6 +609,25 @@ def main(argv=None) -> int:
     if args._worker:
         profile = (args.profile or ["tiny"])[-1]
         print(json.dumps(train_worker(profile, args.mode, args.steps or 10, args.precision)), flush=True)
+        return 0
+
+    if args.compare_settings:
+        from .profiles import cpu_flags
+        name = (args.profile or ["cpu"])[-1]
+        result = compare_settings(name, rounds=args.rounds, steps=args.steps or 15, emulate_avx2=args.emulate_avx2,
+                                  log=lambda line: print(line, flush=True))
+        result["machine"] = machine_facts()
+        result["machine"]["flags"] = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"settings-{name}{'-avx2' if args.emulate_avx2 else ''}.json"
+        path.write_text(json.dumps(result, indent=1))
+        print(f"\n{result['machine']['cpu']}, flags {' '.join(result['machine']['flags'])}"
+              + (", held to AVX2" if args.emulate_avx2 else ""))
+        for k, v in result["median"].items():
+            print(f"  {k:24s} median {v:6.1f} img/s  x{result['ratio_to_off_function'][k]:.2f}   rounds: "
+                  + " ".join(f"{x:.1f}" for x in result["images_per_s"][k]))
+        print(f"wrote {path}")
         return 0
 
     if args.speed_check:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 ENV_VAR = "DDPM_PROFILE"
 MAX_STEPS_VAR = "DDPM_MAX_STEPS"
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+COMPILE_MODES = ("auto", "function", "xla")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")   # x86 CPU flags of native bfloat16 arithmetic
 
 
@@ -45,6 +46,7 @@ class Profile:
     num_classes: tuple | None = None  # conditional U-Net: classes per label kind, e.g. (5, 6); None: unconditional
     distribute: str = "auto"  # "auto": MirroredStrategy over several GPUs when there are (training.pick_strategy); "off"
     precision: str = "auto"   # training compute: "float32", "bfloat16", "float16" or "auto" (resolve_precision)
+    compile: str = "auto"     # the training step: "function" (tf.function), "xla" (jit_compile) or "auto" (resolve_compile)
     # training
     batch_size: int = 32
     train_steps: int = 2000
@@ -99,6 +101,7 @@ class Profile:
         need(0 <= self.label_dropout < 1, "label_dropout", "must lie in [0, 1), e.g. 0.15")
         need(self.distribute in ("auto", "off"), "distribute", "must be 'auto' or 'off'")
         need(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
+        need(self.compile in COMPILE_MODES, "compile", f"must be one of {COMPILE_MODES}")
         need(self.schedule in ("linear", "cosine"), "schedule", "must be 'linear' or 'cosine'")
         need(self.prediction in ("eps", "v"), "prediction", "must be 'eps' or 'v'")
         need(self.loss_weighting in ("none", "min-snr"), "loss_weighting", "must be 'none' or 'min-snr'")
@@ -211,6 +214,24 @@ def resolve_precision(precision: str = "auto", flags=None, gpu=None) -> tuple[st
         return "bfloat16", f"this CPU has {' and '.join(have)}: bfloat16 arithmetic in hardware"
     return "float32", (f"this CPU has neither {' nor '.join(BF16_FLAGS)}: TensorFlow would emulate "
                        "bfloat16, which is slower than float32")
+
+
+def resolve_compile(mode: str = "auto", flags=None, gpu=None) -> tuple[bool, str]:
+    """(XLA for the training step?, why). "auto": XLA on a GPU, and on a CPU without AVX-512 (AVX2
+    laptops: XLA's own code beat tf.function there in paired runs, README Speed); tf.function on an
+    AVX-512 CPU, where it beat XLA. ``flags`` and ``gpu`` default to this machine's; tests pass their own."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile = {mode!r} must be one of {COMPILE_MODES}")
+    if mode != "auto":
+        return mode == "xla", f"compile = {mode!r} was asked for"
+    if gpu is None:
+        gpu = gpu_available()
+    if gpu:
+        return True, "a GPU: XLA"
+    flags = cpu_flags() if flags is None else set(flags)
+    if "avx512f" in flags:
+        return False, "an AVX-512 CPU: tf.function (faster than XLA there in paired runs; COMPILE=xla to try it)"
+    return True, "a CPU without AVX-512: XLA (faster than tf.function there in paired runs; COMPILE=function to try it)"
 
 
 def gpu_available() -> bool:

@@ -215,7 +215,8 @@ def new_run_folder(root, tag: str) -> Path:
 
 def prepare_run(root="runs", data=None, profile: Profile | None = None, image_size: int = 0,
                 steps: int = 0, fresh: bool = False, continue_changed: bool = False,
-                init_from: str = "", precision: str = "", conditional: bool = False, distribute: str = ""):
+                init_from: str = "", precision: str = "", conditional: bool = False, distribute: str = "",
+                compile: str = ""):
     """Check the folder, then pick the run folder: returns ``(run_path, plan)``.
 
     data: a folder of pictures (None or "": the shipped emoji portraits). The folder is read
@@ -225,7 +226,8 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
     ``continue_changed``. A new run gets the default step count for the folder's size
     (``default_train_steps``) unless ``steps`` is given, and a batch no larger than the folder.
     ``precision`` ("float32", "bfloat16", "auto"; "" keeps the profile's) sets the training compute
-    of a new or a continued run (checkpoints hold float32 weights either way).
+    of a new or a continued run (checkpoints hold float32 weights either way); ``compile`` ("function",
+    "xla", "auto"; "" keeps the profile's) the training step's compilation, likewise.
     ``conditional``: train a class-conditional U-Net (lesson 13) on the folder's labels
     (``data.class_labels``: the shipped portraits' subcategory and skin tone, else the first level of
     sub-folders); ``settings.json`` records the class names under "labels".
@@ -236,6 +238,8 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
         profile = profile.replace(precision=precision)          # Profile validates the value
     if distribute:
         profile = profile.replace(distribute=distribute)        # "auto" (several GPUs) or "off"
+    if compile:
+        profile = profile.replace(compile=compile)              # "auto", "function" or "xla"
     if image_size:
         profile = profile.replace(image_size=int(image_size))   # Profile validates the size
     folder = Path(data).expanduser() if data else default_dataset_path()
@@ -269,7 +273,7 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
                 f"(--continue).")
         settings = saved["profile"]
         changes = {k: v for k, v in (("train_steps", int(steps)), ("precision", precision),
-                                     ("distribute", distribute)) if v}
+                                     ("distribute", distribute), ("compile", compile)) if v}
         if any(getattr(settings, k) != v for k, v in changes.items()):
             settings = settings.replace(**changes)
             saved["profile"] = dataclasses.asdict(settings)
@@ -530,6 +534,7 @@ def main(argv=None) -> int:
     a.add_argument("--init", default="", help="'reference' = start from the shipped emoji weights")
     a.add_argument("--precision", default="", help="training compute: auto (default), float32 or bfloat16")
     a.add_argument("--distribute", default="", help="auto (default: all GPUs when there are several) or off")
+    a.add_argument("--compile", default="", help="the training step: auto (default: by the machine), function or xla")
     a.add_argument("--conditional", action="store_true",
                    help="class-conditional training (lesson 13): labels from the folder's sub-folders "
                         "(the shipped portraits: subcategory and skin tone)")
@@ -566,7 +571,7 @@ def main(argv=None) -> int:
             try:
                 run, plan = prepare_run(args.runs, args.data, profile, args.size, args.steps, args.fresh,
                                         args.continue_changed, args.init, args.precision, args.conditional,
-                                        args.distribute)
+                                        args.distribute, args.compile)
             except ValueError as err:        # e.g. SIZE=30 that the U-Net cannot halve
                 raise UserError(str(err)) from None
             print(run)            # the notebook prints the folder's report and the plan

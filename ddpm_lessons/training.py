@@ -42,6 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .profiles import resolve_compile
 from .forward import q_sample, velocity
 from .runs import locked_by_another
 from .schedule import NoiseSchedule
@@ -56,7 +57,7 @@ class TrainConfig:
     ema_decay: float = 0.995
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
-    jit_compile: bool | None = None  # XLA; None = on a GPU only (slower on this CPU, lesson 07)
+    jit_compile: bool | None = None  # XLA; None = profiles.resolve_compile: a GPU or a CPU without AVX-512
     seed: int = 0
     loss_buckets: int = 10           # timestep buckets for the loss-by-t breakdown
     prediction: str = "eps"          # what the network predicts: "eps" or "v"
@@ -75,7 +76,9 @@ class TrainConfig:
         target and loss weighting); ``changes`` override them."""
         keys = ("learning_rate", "warmup_steps", "grad_clip", "ema_decay", "checkpoint_every",
                 "prediction", "loss_weighting", "snr_gamma", "label_dropout")
-        return cls(**{**{k: getattr(profile, k) for k in keys}, **changes})
+        mode = getattr(profile, "compile", "auto")
+        jit = {} if mode == "auto" else {"jit_compile": mode == "xla"}     # auto: the Trainer resolves it
+        return cls(**{**{k: getattr(profile, k) for k in keys}, **jit, **changes})
 
 
 PREDICTIONS = ("eps", "v")
@@ -261,8 +264,8 @@ class Trainer:
         self.manager = (tf.train.CheckpointManager(self.checkpoint, str(self.checkpoint_dir),
                                                    max_to_keep=c.keep_checkpoints)
                         if self.checkpoint_dir else None)
-        if c.jit_compile is None:
-            c.jit_compile = bool(tf.config.list_physical_devices("GPU"))
+        if c.jit_compile is None:                      # XLA on a GPU and on CPUs without AVX-512
+            c.jit_compile = resolve_compile("auto")[0]
         self._compiled_step = tf.function(self._train_step if strategy is None else self._distributed_step,
                                           jit_compile=c.jit_compile and strategy is None, reduce_retracing=True)
         self._elapsed = 0.0

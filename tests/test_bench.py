@@ -153,3 +153,23 @@ def test_speed_check_reports_consistent_rates_and_shares():
     text = format_speed_check(r)
     assert f"{r['images_per_s']:,.1f} img/s" in text and f"{r['share_of_matmul']:.1%}" in text and "float32" in text
     assert json.loads(json.dumps(r)) == r, "the result is what --speed-check writes as JSON"
+
+
+def test_compare_settings_alternates_the_settings_and_takes_ratios_of_medians(monkeypatch):
+    """The paired comparison runs every setting once per round, in turn, with its environment (and
+    the AVX2 hold when asked), and divides medians by 'oneDNN off, tf.function' (no timing asserted:
+    the workers are replaced by fixed numbers)."""
+    from ddpm_lessons import bench
+    calls, rates = [], iter([10, 20, 30, 40, 12, 18, 33, 44, 11, 25, 27, 41])
+    def fake(profile, mode, steps, precision="float32", env=None):
+        calls.append((mode, env["TF_ENABLE_ONEDNN_OPTS"], env.get("ONEDNN_MAX_CPU_ISA")))
+        return {"images_per_s": float(next(rates)), "first_step_s": 1.0}
+    monkeypatch.setattr(bench, "run_worker", fake)
+    r = bench.compare_settings("tiny", rounds=3, steps=2, emulate_avx2=True, log=lambda s: None)
+    assert calls[:4] == [("function", "0", "AVX2"), ("xla", "0", "AVX2"), ("function", "1", "AVX2"), ("xla", "1", "AVX2")]
+    assert calls[4:8] == calls[:4] and len(calls) == 12              # the same order in every round
+    assert r["median"] == {"oneDNN off, tf.function": 11.0, "oneDNN off, XLA": 20.0,
+                           "oneDNN on, tf.function": 30.0, "oneDNN on, XLA": 41.0}
+    assert r["ratio_to_off_function"]["oneDNN on, XLA"] == 41.0 / 11.0
+    rates = iter([1.0] * 4)
+    assert bench.compare_settings("tiny", rounds=1, steps=2, log=lambda s: None)["env"] == {} and calls[-1][2] is None

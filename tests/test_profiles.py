@@ -83,3 +83,22 @@ def test_bad_settings_name_the_knob_and_the_fix(change, words):
     with pytest.raises(ValueError) as err:
         PROFILES["cpu"].replace(**change)
     assert words in str(err.value)
+
+
+def test_the_compile_mode_follows_the_machine_class_and_a_request_wins():
+    from ddpm_lessons.profiles import resolve_compile
+    avx2 = {"avx2", "fma", "avx"}
+    avx512 = avx2 | {"avx512f", "avx512bw", "avx512_vnni"}
+    assert resolve_compile("auto", flags=avx2, gpu=False)[0] is True            # an AVX2 laptop: XLA
+    assert resolve_compile("auto", flags=avx512, gpu=False)[0] is False         # AVX-512: tf.function
+    assert resolve_compile("auto", flags=avx512, gpu=True)[0] is True           # a GPU: XLA
+    assert resolve_compile("function", flags=avx2, gpu=True) == (False, "compile = 'function' was asked for")
+    assert resolve_compile("xla", flags=avx512, gpu=False)[0] is True
+    with pytest.raises(ValueError, match="compile"):
+        resolve_compile("fast")
+    with pytest.raises(ValueError, match="compile = 'jit'"):
+        get_profile("tiny").replace(compile="jit")
+    from ddpm_lessons.training import TrainConfig
+    assert TrainConfig.from_profile(get_profile("tiny").replace(compile="xla")).jit_compile is True
+    assert TrainConfig.from_profile(get_profile("tiny").replace(compile="function")).jit_compile is False
+    assert TrainConfig.from_profile(get_profile("tiny")).jit_compile is None    # auto: the Trainer resolves it

@@ -218,8 +218,10 @@ def resolve_precision(precision: str = "auto", flags=None, gpu=None) -> tuple[st
 
 def resolve_compile(mode: str = "auto", flags=None, gpu=None) -> tuple[bool, str]:
     """(XLA for the training step?, why). "auto": XLA on a GPU, and on a CPU without AVX-512 (AVX2
-    laptops: XLA's own code beat tf.function there in paired runs, README Speed); tf.function on an
-    AVX-512 CPU, where it beat XLA. ``flags`` and ``gpu`` default to this machine's; tests pass their own."""
+    laptops: with oneDNN on, XLA was at least as fast as tf.function in paired runs, README Speed);
+    tf.function on an AVX-512 CPU, where it beat XLA. A stored rule per machine class, not a timing of
+    both modes before each run: XLA's first trace costs 30-50 s on these CPUs. ``flags`` and ``gpu``
+    default to this machine's; tests pass their own."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile = {mode!r} must be one of {COMPILE_MODES}")
     if mode != "auto":
@@ -230,8 +232,10 @@ def resolve_compile(mode: str = "auto", flags=None, gpu=None) -> tuple[bool, str
         return True, "a GPU: XLA"
     flags = cpu_flags() if flags is None else set(flags)
     if "avx512f" in flags:
-        return False, "an AVX-512 CPU: tf.function (faster than XLA there in paired runs; COMPILE=xla to try it)"
-    return True, "a CPU without AVX-512: XLA (faster than tf.function there in paired runs; COMPILE=function to try it)"
+        return False, ("an AVX-512 CPU: tf.function (faster than XLA on such CPUs in paired runs, README "
+                       "Speed; COMPILE=xla to try it)")
+    return True, ("a CPU without AVX-512: XLA (with oneDNN, at least as fast as tf.function on such CPUs in "
+                  "paired runs, README Speed; COMPILE=function to try it)")
 
 
 def gpu_available() -> bool:

@@ -276,12 +276,11 @@ class ScoreReference:
     def baselines(self, n: int) -> dict:
         """The reference image sets of size n (n <= len(A)): real, noise, blur1, blur2."""
         n = min(n, len(self.a))
-        g = np.random.default_rng(self.seed + 7)
         real = self.a[:n]
         return {"real (other half)": real,
                 "blurred sigma=1px": gaussian_blur(real, 1.0),
                 "blurred sigma=2px": gaussian_blur(real, 2.0),
-                "noise": np.clip(g.standard_normal(real.shape), -1, 1).astype(np.float32)}
+                "noise": noise_images(real.shape, seed=self.seed + 7)}
 
     def references(self, n: int) -> dict:
         """{name: score dict} for the baselines at sample count n (cached)."""

@@ -270,15 +270,22 @@ def build_random_net(widths=RANDOM_WIDTHS, seed: int = 0, grid: int = 1):
     return keras.Model(x_in, keras.layers.Concatenate()(pooled), name="random_features")
 
 
+def _random_net_features(key, x, batch_size, **net):
+    """Features of the cached ``build_random_net(**net)`` (built once per ``key``) for 32x32 images
+    ``x`` in [-1, 1], in batches: float64 (N, d)."""
+    if key not in _RANDOM_MODELS:
+        _RANDOM_MODELS[key] = build_random_net(**net)
+    model = _RANDOM_MODELS[key]
+    if not len(x):
+        return np.zeros((0,) + tuple(model.output.shape[1:]))
+    return np.concatenate([model(x[i:i + batch_size], training=False).numpy()
+                           for i in range(0, len(x), batch_size)]).astype(np.float64)
+
+
 def random_feature_fn(images, batch_size: int = 256) -> np.ndarray:
     """Images (N, H, W, 3) -> (N, 480) features of ``build_random_net()``: the same network on
     any machine and for any folder, since nothing in it was learned from data."""
-    if "net" not in _RANDOM_MODELS:
-        _RANDOM_MODELS["net"] = build_random_net()
-    model = _RANDOM_MODELS["net"]
-    x = resize_images(images, FEATURE_SIZE)
-    out = [model(x[i:i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)]
-    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 480))
+    return _random_net_features("net", resize_images(images, FEATURE_SIZE), batch_size)
 
 
 LAYOUT_GRID = 4                    # the layout score keeps a 4x4 grid of where things are
@@ -290,12 +297,7 @@ def layout_feature_fn(images, batch_size: int = 256) -> np.ndarray:
     and edge is, not only that it is somewhere. The verdict's whole-picture score: it tells real
     pictures from their phase-randomised blobs (same colours and textures, no thing) on every
     folder the course measured, and a finished run from the same run early (lesson 11)."""
-    if "layout" not in _RANDOM_MODELS:
-        _RANDOM_MODELS["layout"] = build_random_net(grid=LAYOUT_GRID)
-    model = _RANDOM_MODELS["layout"]
-    x = resize_images(images, FEATURE_SIZE)
-    out = [model(x[i:i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)]
-    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 480 * LAYOUT_GRID ** 2))
+    return _random_net_features("layout", resize_images(images, FEATURE_SIZE), batch_size, grid=LAYOUT_GRID)
 
 
 DETAIL_GAIN = 4.0                  # the fine detail is small: amplified 4x, then clipped to [-1, 1]
@@ -313,9 +315,4 @@ def detail_feature_fn(images, batch_size: int = 256) -> np.ndarray:
     """Images (N, H, W, 3) -> (N, 480) features of a random network (``build_random_net(seed=100)``,
     never trained) applied to their fine detail (``detail_images``). The course's score: on two
     folders it orders real < finished run < 300-step run < blurred < noise (lesson 11, section 7)."""
-    if "detail" not in _RANDOM_MODELS:
-        _RANDOM_MODELS["detail"] = build_random_net(seed=100)
-    model = _RANDOM_MODELS["detail"]
-    x = detail_images(images)
-    out = [model(x[i:i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)]
-    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 480))
+    return _random_net_features("detail", detail_images(images), batch_size, seed=100)

@@ -38,6 +38,7 @@ PROFILE ?=
 FRESH ?= 0
 STEPS ?= 0
 INIT ?=
+AUGMENT ?=
 PRECISION ?=
 COMPILE ?=
 RUNS ?= runs
@@ -71,7 +72,7 @@ $(STAMP): pyproject.toml
 # progress style goes to it in DDPM_PROGRESS: `test -t 1` says whether our output is a terminal.
 train: $(STAMP)
 	@run=$$(DDPM_PROFILE=$(PROFILE) $(BIN)/python -m ddpm_lessons.runs prepare --runs "$(RUNS)" \
-	  --data "$(DATA)" --size $(SIZE) --steps $(STEPS) --init "$(INIT)" --precision "$(PRECISION)" \
+	  --data "$(DATA)" --size $(SIZE) --steps $(STEPS) --init "$(INIT)" --augment "$(AUGMENT)" --precision "$(PRECISION)" \
 	  --distribute "$(DISTRIBUTE)" --compile "$(COMPILE)" \
 	  $(if $(filter 1,$(FRESH)),--fresh) $(if $(filter 1,$(CONTINUE)),--continue) \
 	  $(if $(filter 1,$(CONDITIONAL)),--conditional)) || exit 2; \

@@ -61,6 +61,8 @@ class Profile:
     loss_weighting: str = "none"   # "none" (L_simple) or "min-snr" (Hang et al. 2023)
     snr_gamma: float = 5.0     # gamma of min-SNR weighting: w = min(SNR, gamma) / SNR (eps), / (SNR + 1) (v)
     label_dropout: float = 0.15    # conditional: each label kind -> "no label" with this probability (lesson 13)
+    augment_p: float = 0.0     # non-leaking augmentation (lesson 10): each transform with this probability per image
+    augment_dim: int = 0       # the U-Net's augmentation-label input: 0 (none) or 5 (augment.AUGMENT_DIM)
     # sampling
     sampler: str = "ddim"      # "ddim" (any steps, eta below), "dpm++2m", "heun" (EDM) or "ddpm" (all T steps)
     sample_steps: int = 50     # steps of the sampler used for previews and final grids (heun: noise levels)
@@ -99,6 +101,8 @@ class Profile:
         need(self.num_classes is None or (len(self.num_classes) >= 1 and all(int(n) >= 1 for n in self.num_classes)),
              "num_classes", "must be None (unconditional) or one positive class count per label kind, e.g. (5, 6)")
         need(0 <= self.label_dropout < 1, "label_dropout", "must lie in [0, 1), e.g. 0.15")
+        need(0 <= self.augment_p < 1, "augment_p", "must lie in [0, 1), e.g. 0.15 (0: no augmentation)")
+        need(self.augment_dim in (0, 5), "augment_dim", "must be 0 (no augmentation input) or 5")
         need(self.distribute in ("auto", "off"), "distribute", "must be 'auto' or 'off'")
         need(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
         need(self.compile in COMPILE_MODES, "compile", f"must be one of {COMPILE_MODES}")

@@ -45,6 +45,7 @@ from .profiles import Profile, describe_sampler, get_profile, network_evaluation
 # give its pictures back (measured in lesson 10, section 5: notebooks/folder_size_study.py).
 MAX_PASSES = 200
 MIN_STEPS = 200          # fewer steps than this give blurs on any folder (lesson 09's previews)
+MIN_PICTURES = 10       # fewer: nothing to learn but the pictures themselves, no halves to judge
 
 
 class UserError(Exception):
@@ -216,7 +217,7 @@ def new_run_folder(root, tag: str) -> Path:
 def prepare_run(root="runs", data=None, profile: Profile | None = None, image_size: int = 0,
                 steps: int = 0, fresh: bool = False, continue_changed: bool = False,
                 init_from: str = "", precision: str = "", conditional: bool = False, distribute: str = "",
-                compile: str = ""):
+                compile: str = "", augment: float | None = None):
     """Check the folder, then pick the run folder: returns ``(run_path, plan)``.
 
     data: a folder of pictures (None or "": the shipped emoji portraits). The folder is read
@@ -231,6 +232,10 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
     ``conditional``: train a class-conditional U-Net (lesson 13) on the folder's labels
     (``data.class_labels``: the shipped portraits' subcategory and skin tone, else the first level of
     sub-folders); ``settings.json`` records the class names under "labels".
+    ``init_from``: "" (from scratch), "reference" or "general" (``training.SHIPPED``: a new run starts
+    from those weights; "general" has the augmentation input). ``augment``: the non-leaking
+    augmentation's probability p (lesson 10; None keeps the profile's); p > 0 gives the U-Net the
+    augmentation-label input.
     """
     from .data import default_dataset_path
     profile = profile or get_profile()
@@ -242,11 +247,23 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
         profile = profile.replace(compile=compile)              # "auto", "function" or "xla"
     if image_size:
         profile = profile.replace(image_size=int(image_size))   # Profile validates the size
+    if augment is not None:
+        profile = profile.replace(augment_p=float(augment))     # Profile validates p
+    if init_from:
+        from .training import shipped_settings
+        profile = profile.replace(augment_dim=shipped_settings(init_from).get("augment_dim", 0))
+    if profile.augment_p > 0 and not init_from:
+        from .augment import AUGMENT_DIM
+        profile = profile.replace(augment_dim=AUGMENT_DIM)      # the network is told the transforms
     folder = Path(data).expanduser() if data else default_dataset_path()
     images, report = read_training_folder(folder, profile.image_size)
     files = list_folder(folder)
     data_path = str(folder.resolve())
     n = report.num_images
+    if n < MIN_PICTURES:
+        raise UserError(f"the folder {folder} has only {n} usable picture{'s' * (n != 1)}: a diffusion model "
+                        f"needs at least {MIN_PICTURES} (with fewer it can only learn them by heart, and the "
+                        "verdict of lesson 11 cannot split them in two halves); add pictures of the same kind")
     plan = {"images": n, "report": report, "grayscale": is_grayscale(images), "notes": []}
     kinds = None
     if conditional:
@@ -314,12 +331,14 @@ def describe_run(run) -> str:
     s, n = saved["profile"], saved["data"]["images"]
     continued = (run / "checkpoints" / "checkpoint").exists()
     lines = [f"{'continuing the' if continued else 'new'} run {run.name} on {Path(saved['data']['path']).name}"
-             + (" from the shipped reference weights" if saved.get("init_from") == "reference" else ""),
+             + (f" from the shipped {saved['init_from']} weights" if saved.get("init_from") else ""),
              f"  images      {n} (after de-duplication) at {s.image_size}x{s.image_size}",
              f"  training    {s.train_steps} steps of {s.batch_size} images = "
              f"{s.train_steps * s.batch_size / n:.0f} passes over the data",
              f"  previews    every {s.preview_every} steps with {describe_sampler(s)}; checkpoints every "
              f"{s.checkpoint_every} steps",
+             *([f"  augment     each transform (quarter turns, shifts, scaling) with p = {s.augment_p:g}, "
+                "the network told which (lesson 10)"] if s.augment_p else []),
              f"  network     base width {s.base_width}, width mults {','.join(map(str, s.channel_mults))}, "
              f"{s.num_res_blocks} res block{'s' * (s.num_res_blocks != 1)} per level; {s.schedule} schedule, "
              f"learning rate {s.learning_rate:g}, EMA decay {s.ema_decay:g}"]
@@ -531,7 +550,9 @@ def main(argv=None) -> int:
     a.add_argument("--runs", default="runs", help="where run folders live")
     a.add_argument("--size", type=int, default=0, help="image size in pixels (default: the profile's)")
     a.add_argument("--steps", type=int, default=0, help="training steps (default: by the folder's size)")
-    a.add_argument("--init", default="", help="'reference' = start from the shipped emoji weights")
+    a.add_argument("--init", default="", help="'reference' = start from the shipped emoji weights, "
+                                              "'general' = from the shipped broad prior (lesson 10)")
+    a.add_argument("--augment", default="", help="non-leaking augmentation probability p in [0, 1) (lesson 10)")
     a.add_argument("--precision", default="", help="training compute: auto (default), float32 or bfloat16")
     a.add_argument("--distribute", default="", help="auto (default: all GPUs when there are several) or off")
     a.add_argument("--compile", default="", help="the training step: auto (default: by the machine), function or xla")
@@ -554,24 +575,38 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         if args.cmd == "prepare":
-            if args.init not in ("", "reference"):
-                raise UserError(f"INIT={args.init!r} is not known: leave it empty (train from scratch) or "
-                                "give INIT=reference (start from the shipped emoji weights)")
+            if args.init not in ("", "reference", "general"):
+                raise UserError(f"INIT={args.init!r} is not known: leave it empty (train from scratch), "
+                                "give INIT=reference (start from the shipped emoji weights) or INIT=general "
+                                "(the shipped broad prior)")
+            try:
+                augment = float(args.augment) if args.augment.strip() else None
+            except ValueError:
+                raise UserError(f"AUGMENT={args.augment!r} is not a number: give a probability such as 0.15, "
+                                "or 0 for no augmentation") from None
+            if augment is not None and not 0 <= augment < 1:
+                raise UserError(f"AUGMENT={args.augment}: the augmentation probability must lie in [0, 1), "
+                                "e.g. 0.15 (0: no augmentation)")
             try:
                 with start_up_lines_discarded():      # get_profile imports TensorFlow to look for a GPU
                     profile = get_profile()
             except ValueError as err:
                 raise UserError(str(err)) from None
-            if args.init == "reference" and (profile.name != "cpu" or args.size not in (0, profile.image_size)):
-                raise UserError("INIT=reference needs PROFILE=cpu at its image size (no SIZE=): the shipped "
+            if args.init and (profile.name != "cpu" or args.size not in (0, profile.image_size)):
+                raise UserError(f"INIT={args.init} needs PROFILE=cpu at its image size (no SIZE=): the shipped "
                                 "weights are the cpu profile's U-Net at 32x32")
-            if args.init == "reference" and args.conditional:
-                raise UserError("INIT=reference and CONDITIONAL=1 cannot go together: the shipped weights are "
+            if args.init and args.conditional:
+                raise UserError(f"INIT={args.init} and CONDITIONAL=1 cannot go together: the shipped weights are "
                                 "an unconditional U-Net; a conditional one trains from scratch")
+            if args.init:
+                from .training import SHIPPED
+                if not (SHIPPED[args.init] / "settings.json").exists():
+                    raise UserError(f"INIT={args.init}: the shipped weights are missing from the package's "
+                                    f"assets ({SHIPPED[args.init].name}); train from scratch (no INIT=)")
             try:
                 run, plan = prepare_run(args.runs, args.data, profile, args.size, args.steps, args.fresh,
                                         args.continue_changed, args.init, args.precision, args.conditional,
-                                        args.distribute, args.compile)
+                                        args.distribute, args.compile, augment)
             except ValueError as err:        # e.g. SIZE=30 that the U-Net cannot halve
                 raise UserError(str(err)) from None
             print(run)            # the notebook prints the folder's report and the plan

@@ -36,7 +36,7 @@ from .profiles import network_evaluations  # noqa: F401  (re-exported: samplers'
 from .blocks import null_labels
 from .forward import eps_from_v, extract, predict_x0_from_eps, q_posterior_mean_variance
 from .schedule import NoiseSchedule
-from .unet import label_classes
+from .unet import label_classes, network_inputs
 
 VARIANCES = ("posterior", "beta")
 SAMPLERS = ("ddpm", "ddim", "dpm++2m", "heun")
@@ -556,9 +556,10 @@ def model_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str =
     fns = model.__dict__.setdefault("_ddpm_eps_fns", {})
     if key not in fns:
         if prediction == "eps":
-            fn = lambda x, t: tf.cast(model([x, t], training=False), x.dtype)
+            fn = lambda x, t: tf.cast(model(network_inputs(model, x, t), training=False), x.dtype)
         else:
-            fn = lambda x, t: eps_from_v(x, t, tf.cast(model([x, t], training=False), x.dtype), schedule)
+            fn = lambda x, t: eps_from_v(x, t, tf.cast(model(network_inputs(model, x, t), training=False), x.dtype),
+                                         schedule)
         fns[key] = fn
     return fns[key]
 
@@ -586,7 +587,7 @@ def guided_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str 
             b = tf.shape(x)[0]
             null = tf.broadcast_to(tf.constant(num_classes, tf.int32), tf.shape(labels))
             xx, tt = tf.concat([x, x], 0), tf.concat([t, t], 0)
-            out = tf.cast(model([xx, tt, tf.concat([labels, null], 0)], training=False), x.dtype)
+            out = tf.cast(model(network_inputs(model, xx, tt, tf.concat([labels, null], 0)), training=False), x.dtype)
             if prediction == "v":
                 out = eps_from_v(xx, tt, out, schedule)
             cond, uncond = out[:b], out[b:]

@@ -46,7 +46,8 @@ from .profiles import resolve_compile
 from .forward import q_sample, velocity
 from .runs import locked_by_another
 from .schedule import NoiseSchedule
-from .unet import float32_copy, label_classes
+from .augment import augment_labels, apply_augmentations, draw_augmentations
+from .unet import augment_dim, float32_copy, label_classes, network_inputs
 
 
 @dataclass
@@ -64,18 +65,21 @@ class TrainConfig:
     loss_weighting: str = "none"     # per-example weight: "none" or "min-snr"
     snr_gamma: float = 5.0           # gamma of min-SNR weighting
     label_dropout: float = 0.15      # conditional U-Net: each label kind -> "no label" with this probability
+    augment_p: float = 0.0           # each transform of augment.py with this probability per image (lesson 10)
 
     def __post_init__(self):
         check_target(self.prediction, self.loss_weighting, self.snr_gamma)
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout = {self.label_dropout!r} must lie in [0, 1), e.g. 0.15")
+        if not (isinstance(self.augment_p, numbers.Real) and 0 <= self.augment_p < 1):
+            raise ValueError(f"augment_p = {self.augment_p!r} must lie in [0, 1), e.g. 0.15 (0: no augmentation)")
 
     @classmethod
     def from_profile(cls, profile, **changes) -> "TrainConfig":
         """The training knobs of a ``Profile`` (learning rate, warm-up, clip, EMA, checkpoints,
         target and loss weighting); ``changes`` override them."""
         keys = ("learning_rate", "warmup_steps", "grad_clip", "ema_decay", "checkpoint_every",
-                "prediction", "loss_weighting", "snr_gamma", "label_dropout")
+                "prediction", "loss_weighting", "snr_gamma", "label_dropout", "augment_p")
         mode = getattr(profile, "compile", "auto")
         jit = {} if mode == "auto" else {"jit_compile": mode == "xla"}     # auto: the Trainer resolves it
         return cls(**{**{k: getattr(profile, k) for k in keys}, **jit, **changes})
@@ -186,6 +190,44 @@ def load_reference_weights(model: keras.Model, prediction: str | None = None) ->
     return load_compact_weights(model, path)
 
 
+GENERAL_DIR = Path(__file__).resolve().parent / "assets" / "general_cpu"
+SHIPPED = {"reference": REFERENCE_DIR, "general": GENERAL_DIR}   # INIT= name -> folder of ema.float16.npz
+
+
+def shipped_settings(name: str) -> dict:
+    """The profile (a dict) that the shipped network ``name`` ("reference": the emoji run of lesson 09;
+    "general": the broad prior of lesson 10) was trained with, from its settings.json."""
+    if name not in SHIPPED:
+        raise ValueError(f"INIT={name!r} is not known: give one of {', '.join(SHIPPED)}, or leave it empty "
+                         "to train from scratch")
+    path = SHIPPED[name] / "settings.json"
+    if not path.exists():
+        raise FileNotFoundError(f"the shipped {name} network is missing ({path.parent.name}/settings.json in the "
+                                "package's assets): train from scratch (no INIT=)")
+    return json.loads(path.read_text())["profile"]
+
+
+def load_shipped_weights(model: keras.Model, name: str, prediction: str | None = None) -> keras.Model:
+    """Load the shipped network ``name``'s EMA weights (``SHIPPED``) into ``model``, which must be the
+    same U-Net: a model of another image size, prediction target or augmentation input is refused with
+    a ValueError that names the difference and what to do."""
+    saved = shipped_settings(name)
+    size = int(model.input_shape[0][1])
+    if size != saved["image_size"]:
+        raise ValueError(f"the shipped {name} network is for {saved['image_size']}x{saved['image_size']} "
+                         f"pictures, this U-Net for {size}x{size}: leave SIZE= out with INIT={name}, or "
+                         "train from scratch")
+    if prediction is not None and prediction != saved.get("prediction", "eps"):
+        raise ValueError(f"the shipped {name} network predicts {saved.get('prediction', 'eps')!r}, but this run "
+                         f"uses prediction={prediction!r}: start from scratch (no INIT={name}), or set the "
+                         f"profile's prediction to {saved.get('prediction', 'eps')!r}")
+    from .unet import augment_dim
+    if augment_dim(model) != saved.get("augment_dim", 0):
+        raise ValueError(f"the shipped {name} network has augment_dim={saved.get('augment_dim', 0)}, this U-Net "
+                         f"{augment_dim(model)}: build it with build_unet(..., augment_dim={saved.get('augment_dim', 0)})")
+    return load_compact_weights(model, SHIPPED[name] / REFERENCE_WEIGHTS)
+
+
 def pick_strategy(setting: str = "auto", gpus: int | None = None):
     """(a ``tf.distribute.Strategy`` or None, why) for training.
 
@@ -230,6 +272,7 @@ class Trainer:
         self.config = replace(config) if config else TrainConfig()   # a copy: jit is resolved below
         c = self.config
         self.num_classes = label_classes(model)
+        self.augment_dim = augment_dim(model)    # 0: the network is not told the transforms (they leak)
         self.mixed_precision = model.dtype_policy.compute_dtype == "float16"
         if strategy is not None:
             if not strategy.extended.variable_created_in_scope(model.trainable_variables[0].value):
@@ -294,11 +337,12 @@ class Trainer:
         """Algorithm 1 on one batch; returns (mean loss, weighted per-example loss (B,), t (B,)).
         ``labels`` (B, K) int32 for a conditional U-Net (``build_unet(num_classes=...)``)."""
         batch = tf.shape(x0)[0]
+        x0, augment = self._augmented(x0, lambda: self.rng.make_seeds(1)[:, 0], batch, 0, batch)
         with tf.name_scope("noising"):      # the scopes name the parts of the bench's step profile
             t = self.rng.uniform([batch], 0, self.schedule.T, dtype=tf.int32)
             noise = self.rng.normal(tf.shape(x0), dtype=x0.dtype)
             x_t, target, weight = self._noised(x0, t, noise)
-            inputs = [x_t, t] if labels is None else [x_t, t, self.drop_labels(labels)]
+            inputs = network_inputs(self.model, x_t, t, None if labels is None else self.drop_labels(labels), augment)
         with tf.GradientTape() as tape:
             out = tf.cast(self.model(inputs, training=True), x0.dtype)
             with tf.name_scope("loss"):
@@ -309,6 +353,19 @@ class Trainer:
         self.optimizer.apply(grads, self.model.trainable_variables)
         self._ema_update_and_count()
         return loss, per_example, t
+
+    def _augmented(self, x0, seed, total, start, b):
+        """(x0 augmented, its augmentation labels or None) with ``config.augment_p`` (augment.py): the
+        transforms are drawn for ``total`` images from ``seed()`` (called only when p > 0, so a run
+        without augmentation draws the same random numbers as before) and images start .. start + b take theirs.
+        The labels go to the network only if it has the input (``augment_dim``); p = 0: x0 unchanged."""
+        if not self.config.augment_p:
+            return x0, None
+        with tf.name_scope("augment"):
+            params = draw_augmentations(total, self.config.augment_p, seed(), x0.shape[1])
+            params = {k: v[start:start + b] for k, v in params.items()}
+            return (apply_augmentations(x0, params),
+                    augment_labels(params, x0.shape[1]) if self.augment_dim else None)
 
     def _ema_update_and_count(self):
         """EMA of every trainable weight (decay ``ema_decay_at(step)``), then step + 1. Under a
@@ -350,6 +407,7 @@ class Trainer:
         start = tf.reduce_sum(sizes[:ctx.replica_id_in_sync_group])
         seeds = tf.random.experimental.stateless_split(
             tf.stack([tf.constant(c.seed, tf.int64), tf.cast(self.step, tf.int64)]), 3)
+        x0, augment = self._augmented(x0, lambda: tf.random.experimental.stateless_fold_in(seeds[2], 1), total, start, b)
         with tf.name_scope("noising"):
             t = tf.random.stateless_uniform([total], seeds[0], 0, self.schedule.T, dtype=tf.int32)[start:start + b]
             noise = tf.random.stateless_normal(tf.concat([[total], tf.shape(x0)[1:]], 0), seeds[1],
@@ -359,7 +417,7 @@ class Trainer:
                 labels = tf.cast(labels, tf.int32)
                 labels = self._no_label_where(labels, tf.random.stateless_uniform(
                     tf.concat([[total], tf.shape(labels)[1:]], 0), seeds[2])[start:start + b] < c.label_dropout)
-            inputs = [x_t, t] if labels is None else [x_t, t, labels]
+            inputs = network_inputs(self.model, x_t, t, labels, augment)
         with tf.GradientTape() as tape:
             out = tf.cast(self.model(inputs, training=True), x0.dtype)
             per_example = weight * tf.reduce_mean(tf.square(target - out), axis=[1, 2, 3])

@@ -27,22 +27,24 @@ import contextlib
 import dataclasses
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 from .attention import SelfAttention2D
 from .blocks import GN_EPSILON, Downsample, LabelEmbedding, ResidualBlock, TimeEmbedding, Upsample
 
 UNET_KEYS = ("image_size", "channels", "base_width", "channel_mults", "num_res_blocks",
-             "attention_resolutions", "dropout", "groups", "num_classes")
+             "attention_resolutions", "dropout", "groups", "num_classes", "augment_dim")
 DEFAULTS = dict(image_size=32, channels=3, base_width=32, channel_mults=(1, 2, 2),
-                num_res_blocks=1, attention_resolutions=(8,), dropout=0.0, groups=8, num_classes=None)
+                num_res_blocks=1, attention_resolutions=(8,), dropout=0.0, groups=8, num_classes=None,
+                augment_dim=0)
 
 
 def unet_config(profile_or_kwargs=None, **overrides) -> dict:
     """The U-Net knobs as a plain dict, from a Profile, a dict, or None (-> ``get_profile()``).
 
     Keys: image_size, channels, base_width, channel_mults, num_res_blocks,
-    attention_resolutions, dropout, groups, num_classes (+ num_heads, mid_attention, scale_shift).
+    attention_resolutions, dropout, groups, num_classes, augment_dim (+ num_heads, mid_attention, scale_shift).
     Extra keys in a dict or profile (batch size, ...) are ignored; ``overrides`` win.
     """
     if profile_or_kwargs is None:
@@ -65,6 +67,10 @@ def unet_config(profile_or_kwargs=None, **overrides) -> dict:
 
 
 def _validate(cfg):
+    from .augment import AUGMENT_DIM
+    if cfg["augment_dim"] not in (0, AUGMENT_DIM):
+        raise ValueError(f"augment_dim must be 0 (no augmentation input) or {AUGMENT_DIM} (augment.AUGMENT_DIM), "
+                         f"got {cfg['augment_dim']}")
     if cfg["num_classes"] is not None and min(cfg["num_classes"]) < 1:
         raise ValueError(f"num_classes must hold one positive class count per label kind, got {cfg['num_classes']}")
     n_down = len(cfg["channel_mults"]) - 1
@@ -108,6 +114,9 @@ def build_unet(profile_or_kwargs=None, name: str = "unet", precision: str = "flo
     with ``num_classes=(n_1, ..., n_K)`` (K label kinds) it also takes ``labels (B, K)`` int32,
     embedded by ``blocks.LabelEmbedding`` (row n_k of kind k = "no label") and added to the time
     embedding: ``[x_t, t, labels]``. Without ``num_classes`` the network is exactly the unconditional one.
+    With ``augment_dim=5`` (lesson 10) it also takes the augmentation labels a (B, 5) float32 last,
+    mapped by a bias-free Dense to the time embedding's width and added to it (EDM's ``map_augment``):
+    a = 0 (no transform; what sampling passes, ``network_inputs``) adds nothing.
 
     ``profile_or_kwargs``: a Profile, a dict of U-Net knobs, or None for ``get_profile()``;
     keyword ``overrides`` change single knobs (``build_unet(profile, base_width=64)``).
@@ -173,6 +182,12 @@ def _build(cfg, name):
         temb = layers.Add(name="time_and_labels")(
             [temb, LabelEmbedding(cfg["num_classes"], 4 * width, name="label_embedding")(y_in)])
 
+    if cfg["augment_dim"]:                      # non-leaking augmentation: which transform was applied
+        a_in = keras.Input((cfg["augment_dim"],), dtype="float32", name="augment")
+        inputs.append(a_in)
+        temb = layers.Add(name="time_and_augment")(
+            [temb, layers.Dense(4 * width, use_bias=False, name="augment_embedding")(a_in)])
+
     h = layers.Conv2D(width, 3, padding="same", name="conv_in")(x_in)
     skips = [h]
     for i, m in enumerate(mults):                                   # down
@@ -213,6 +228,22 @@ def label_classes(model) -> tuple | None:
     """The class counts per label kind of a conditional U-Net (``build_unet(num_classes=...)``), else None."""
     layers_ = [layer for layer in model.layers if layer.name == "label_embedding"]
     return layers_[0].num_classes if layers_ else None
+
+
+def augment_dim(model) -> int:
+    """The width of a U-Net's augmentation-label input (``build_unet(augment_dim=5)``), else 0."""
+    layers_ = [layer for layer in model.layers if layer.name == "augment_embedding"]
+    return int(layers_[0].kernel.shape[0]) if layers_ else 0
+
+
+def network_inputs(model, x_t, t, labels=None, augment=None) -> list:
+    """The input list of ``model``: [x_t, t], then labels (a conditional U-Net), then the augmentation
+    labels (a U-Net with ``augment_dim``): ``augment`` (B, A), or zeros (no transform: sampling)."""
+    inputs = [x_t, t] if labels is None else [x_t, t, labels]
+    dim = augment_dim(model)
+    if dim:
+        inputs.append(tf.zeros([tf.shape(x_t)[0], dim], tf.float32) if augment is None else augment)
+    return inputs
 
 
 def count_params(model) -> int:

@@ -176,7 +176,7 @@ def test_command_line_errors_are_messages_not_tracebacks(tmp_path):
                              env=env, cwd=ROOT)
     assert missing.returncode == 2 and missing.stderr.startswith("error: image folder not found")
     assert str(tmp_path / "nope") in missing.stderr and "Traceback" not in missing.stderr
-    folder = make_folder(tmp_path / "pics", n=5)
+    folder = make_folder(tmp_path / "pics", n=12)
     ok = subprocess.run(cmd + ["--data", str(folder)], capture_output=True, text=True, env=env, cwd=ROOT)
     assert ok.returncode == 0, ok.stderr
     run = Path(ok.stdout.strip().splitlines()[-1])
@@ -196,7 +196,38 @@ def test_prepare_without_a_profile_prints_no_tensorflow_start_up_lines(tmp_path)
     lines (absl's 'WARNING: All log messages before ...', oneDNN's notice) must not reach the user."""
     env = {"PATH": "/usr/bin:/bin"}                                       # no DDPM_PROFILE
     out = subprocess.run([sys.executable, "-m", "ddpm_lessons.runs", "prepare", "--runs", str(tmp_path / "runs"),
-                          "--data", str(make_folder(tmp_path / "pics", n=5)), "--size", "16"],
+                          "--data", str(make_folder(tmp_path / "pics", n=12)), "--size", "16"],
                          capture_output=True, text=True, env=env, cwd=ROOT)
     assert out.returncode == 0 and out.stderr == "", out.stderr
     assert Path(out.stdout.strip()).parent == tmp_path / "runs"
+
+
+def test_a_bad_augmentation_a_tiny_folder_and_an_unknown_init_are_errors_with_no_run_left(tmp_path):
+    """AUGMENT=1.5, a folder of 3 pictures, INIT=nothing: exit 2, one 'error:' line, no traceback,
+    and no run folder made."""
+    root = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "ddpm_lessons.runs", "prepare", "--runs", str(root)]
+    env = {"DDPM_PROFILE": "tiny", "PATH": "/usr/bin:/bin"}
+    folder = make_folder(tmp_path / "pics", n=12)
+    cases = {"the augmentation probability must lie in [0, 1)": ["--data", str(folder), "--augment", "1.5"],
+             "is not a number": ["--data", str(folder), "--augment", "lots"],
+             "has only 3 usable pictures": ["--data", str(make_folder(tmp_path / "three", n=3))],
+             "INIT='nothing' is not known": ["--data", str(folder), "--init", "nothing"]}
+    for message, args in cases.items():
+        out = subprocess.run(cmd + args, capture_output=True, text=True, env=env, cwd=ROOT)
+        assert out.returncode == 2 and out.stderr.startswith("error: ") and message in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+    other_size = subprocess.run(cmd + ["--data", str(folder), "--init", "general", "--size", "64"],
+                                capture_output=True, text=True, env={**env, "DDPM_PROFILE": "cpu"}, cwd=ROOT)
+    assert other_size.returncode == 2 and "INIT=general needs PROFILE=cpu at its image size" in other_size.stderr
+    assert not root.exists() or not list(root.iterdir())
+
+
+def test_augment_gives_the_network_the_augmentation_input(tmp_path):
+    folder = make_folder(tmp_path / "pics", n=12)
+    run, plan = prepare(tmp_path / "runs", folder, augment=0.15)
+    s = runs.read_settings(run)["profile"]
+    assert s.augment_p == 0.15 and s.augment_dim == 5
+    assert "augment     each transform" in runs.describe_run(run)
+    plain, _ = prepare(tmp_path / "runs2", folder)
+    assert runs.read_settings(plain)["profile"].augment_dim == 0

@@ -97,6 +97,43 @@ def machine_facts() -> dict:
             "python": platform.python_version()}
 
 
+def cpu_ghz(cpuinfo: str | None = None) -> float | None:
+    """The CPU's nominal clock in GHz: the "@ 2.80GHz" of its model name, else the highest "cpu MHz"
+    line of /proc/cpuinfo; None where neither is there."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    m = re.search(r"@\s*([0-9.]+)\s*GHz", cpuinfo)
+    if m:
+        return float(m.group(1))
+    mhz = [float(v) for v in re.findall(r"^cpu MHz\s*:\s*([0-9.]+)", cpuinfo, re.M)]
+    return max(mhz) / 1000 if mhz else None
+
+
+def fma_flop_per_cycle(flags) -> int:
+    """float32 FLOPs one core can issue per cycle, from its flags, assuming two FMA units (every
+    AVX2 core since Haswell; AVX-512 Xeons of the Gold/Platinum class): 2 units x 2 (multiply + add)
+    x lanes, lanes = 16 with avx512f, 8 with fma (AVX2), 4 without. One-unit AVX-512 parts have
+    half: the share printed against this peak is then a lower bound."""
+    flags = set(flags)
+    return 2 * 2 * (16 if "avx512f" in flags else 8 if "fma" in flags else 4)
+
+
+def fma_peak(flags=None, ghz=None, cores=None) -> dict:
+    """{gflops, ghz, cores, flop_per_cycle}: the float32 FMA peak = cores x GHz x FLOP per cycle, with
+    cores the CPUs this process may use (logical: two hyper-threads of one core share its units)."""
+    from .profiles import cpu_flags
+    flags = cpu_flags() if flags is None else flags
+    ghz = cpu_ghz() if ghz is None else ghz
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) \
+        if cores is None else cores
+    per_cycle = fma_flop_per_cycle(flags)
+    return {"gflops": cores * ghz * per_cycle if ghz else None, "ghz": ghz, "cores": cores,
+            "flop_per_cycle": per_cycle}
+
+
 # ------------------------------------------------------------------ the limit
 def matmul_limit(sizes=MATMUL_SIZES, repeats=5, dtype="float32") -> list[dict]:
     """GFLOP/s of an n x n matmul in ``dtype`` inside a tf.function, best of ``repeats``, per size n."""
@@ -487,7 +524,9 @@ def speed_check(profile_name="gpu", seconds=60.0, precision="auto", sizes=SPEED_
     matmul = matmul_limit(sizes, repeats=5, dtype=precision)
     limit = max(r["gflops"] for r in matmul)
     log(f"  matmul limit ({precision}): {limit:,.0f} GFLOP/s ({time.perf_counter() - t0:.1f} s)")
-    trainer, x0 = bench_trainer(profile, precision)
+    from .profiles import resolve_compile
+    jit, compile_why = resolve_compile(profile.compile)
+    trainer, x0 = bench_trainer(profile, precision, jit_compile=jit)
     flops, _ = forward_flops(trainer.ema_model)     # the trained U-Net's float32 copy: the same layers
     t0 = time.perf_counter()
     for _ in range(2):
@@ -501,7 +540,12 @@ def speed_check(profile_name="gpu", seconds=60.0, precision="auto", sizes=SPEED_
     timed = time.perf_counter() - t0
     images_per_s = steps * profile.batch_size / timed
     achieved = images_per_s * 3 * flops / 1e9
+    from . import ONEDNN_SWITCHED_ON
+    peak = fma_peak() if not facts["gpus"] else None
     return {"profile": profile.name, "precision": precision, "why": why, "jit_compile": trainer.config.jit_compile,
+            "compile_why": compile_why, "onednn_switched_on_by_ddpm_lessons": ONEDNN_SWITCHED_ON,
+            "fma_peak": peak, "share_of_fma_peak": (images_per_s * 3 * flops / 1e9 / peak["gflops"])
+            if peak and peak["gflops"] else None,
             "device": facts, "matmul": matmul, "matmul_limit_gflops": limit,
             "forward_gflop_per_image": flops / 1e9, "batch_size": profile.batch_size,
             "untimed_s": first, "steps": steps, "timed_s": timed, "images_per_s": images_per_s,
@@ -516,12 +560,25 @@ def format_speed_check(r: dict) -> str:
     return "\n".join([
         f"device: {where}; TensorFlow {dev['tensorflow']}",
         f"profile {r['profile']}: batch {r['batch_size']}, {r['forward_gflop_per_image']:.2f} GFLOP per image forward, "
-        f"{r['precision']} ({r['why']}), XLA {'on' if r['jit_compile'] else 'off'}",
+        f"{r['precision']} ({r['why']}); {'XLA' if r['jit_compile'] else 'tf.function'} "
+        f"({r.get('compile_why', '')}); oneDNN {_onednn_words(dev.get('onednn'), r.get('onednn_switched_on_by_ddpm_lessons'))}",
         f"training: {r['images_per_s']:,.1f} img/s ({r['steps']} steps in {r['timed_s']:.1f} s; "
         f"the two untimed first steps took {r['untimed_s']:.1f} s)",
         f"= {r['achieved_gflops']:,.0f} GFLOP/s = {r['share_of_matmul']:.1%} of this device's {r['precision']} "
         f"matmul speed ({r['matmul_limit_gflops']:,.0f} GFLOP/s, best of n = "
-        f"{', '.join(str(m['n']) for m in r['matmul'])})"])
+        f"{', '.join(str(m['n']) for m in r['matmul'])})"]
+        + ([f"  = {r['share_of_fma_peak']:.1%} of the float32 FMA peak ({_peak_words(r['fma_peak'])})"]
+           if r.get("share_of_fma_peak") else []))
+
+
+def _onednn_words(on, switched) -> str:
+    return ({True: "on", False: "off", None: "unknown"}[on]
+            + (" (switched on by ddpm_lessons: TensorFlow leaves it off on this CPU)" if switched else ""))
+
+
+def _peak_words(peak: dict) -> str:
+    return (f"{peak['gflops']:,.0f} GFLOP/s = {peak['cores']} cores x {peak['ghz']:.2f} GHz x "
+            f"{peak['flop_per_cycle']} FLOP/cycle")
 
 
 # ------------------------------------------------------------------ report
@@ -531,6 +588,9 @@ def format_report(machine: dict, matmul: dict, result: dict) -> str:
     onednn = {True: "on", False: "off", None: "unknown"}[machine["onednn"]]
     lines.append(f"machine: {machine['cpu']}, {machine['cores']} cores, TensorFlow {machine['tensorflow']}, "
                  f"oneDNN {onednn}" + (f", flags {' '.join(machine['flags'])}" if machine.get("flags") else ""))
+    peak = machine.get("fma_peak")
+    if peak and peak.get("gflops"):
+        lines.append(f"float32 FMA peak: {_peak_words(peak)} (two FMA units per core assumed)")
     for precision, rows in matmul.items():
         lines.append(f"matmul limit ({precision}, n x n, tf.function, best of 5):  "
                      + "   ".join(f"n={r['n']}: {r['gflops']:.1f}" for r in rows) + "  GFLOP/s")
@@ -555,13 +615,15 @@ def format_report(machine: dict, matmul: dict, result: dict) -> str:
         lines.append(f"training (batch {any_run['batch_size']}; achieved = img/s x 3 x forward GFLOP, "
                      "backward ~ 2 forwards; shares of the same precision's limits):")
         lines.append(f"  {'mode':<9} {'precision':<9} {'steps':>5} {'1st step s':>10} {'img/s':>8} {'GFLOP/s':>8} "
-                     f"{'% conv':>7} {'% matmul':>8} {'peak MB':>8}")
+                     f"{'% conv':>7} {'% matmul':>8} {'% FMA':>6} {'peak MB':>8}")
         for key, r in result["training"].items():
             precision = r.get("precision", "float32")
             mm = max(x["gflops"] for x in matmul.get(precision, matmul.get("float32")))
             lines.append(f"  {r['mode']:<9} {precision:<9} {r['steps']:>5} {r['first_step_s']:>10.2f} "
                          f"{r['images_per_s']:>8.1f} {r['achieved_gflops']:>8.2f} {r['share_of_conv_limit']:>7.1%} "
-                         f"{r['achieved_gflops'] / mm:>8.1%} {r['peak_rss_mb']:>8.0f}")
+                         f"{r['achieved_gflops'] / mm:>8.1%} "
+                         + (f"{r['achieved_gflops'] / peak['gflops']:>6.1%}" if peak and peak.get("gflops") else f"{'-':>6}")
+                         + f" {r['peak_rss_mb']:>8.0f}")
     for precision, sp in result.get("step_profile", {}).items():
         lines.append(f"where a compiled {precision} step spends its time (TensorFlow profiler, {sp['steps']} "
                      f"steps; op time summed over threads: {sp['op_ms']:.0f} ms, wall {sp['step_ms']:.0f} ms "
@@ -649,6 +711,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     from .profiles import cpu_flags, resolve_precision
     machine["flags"] = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
+    machine["fma_peak"] = fma_peak()
     precisions = ("float32", "bfloat16") if resolve_precision("auto", gpu=False)[0] == "bfloat16" else ("float32",)
     matmul = {p: matmul_limit(dtype=p) for p in precisions}
     print(f"  matmul limits ({', '.join(precisions)}) measured in {time.perf_counter() - t0:.1f} s", flush=True)

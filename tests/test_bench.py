@@ -2,6 +2,7 @@
 import json
 
 import keras
+import pytest
 import tensorflow as tf
 
 from ddpm_lessons.bench import (flops_summary, format_report, forward_flops, graph_flops,
@@ -173,3 +174,16 @@ def test_compare_settings_alternates_the_settings_and_takes_ratios_of_medians(mo
     assert r["ratio_to_off_function"]["oneDNN on, XLA"] == 41.0 / 11.0
     rates = iter([1.0] * 4)
     assert bench.compare_settings("tiny", rounds=1, steps=2, log=lambda s: None)["env"] == {} and calls[-1][2] is None
+
+
+def test_fma_peak_from_flags_and_clock():
+    """The peak the bench prints: cores x GHz x FLOP per cycle (two FMA units x 2 x float32 lanes)."""
+    from ddpm_lessons.bench import cpu_ghz, fma_flop_per_cycle, fma_peak
+    assert cpu_ghz("model name\t: Intel(R) Xeon(R) Processor @ 2.80GHz\ncpu MHz\t\t: 2800.000\n") == 2.8
+    assert cpu_ghz("model name\t: AMD EPYC 7B13\ncpu MHz\t\t: 2450.000\ncpu MHz\t\t: 2449.000\n") == 2.45
+    assert cpu_ghz("nothing here") is None
+    assert fma_flop_per_cycle({"avx2", "fma"}) == 32 and fma_flop_per_cycle({"avx2", "fma", "avx512f"}) == 64
+    assert fma_flop_per_cycle({"sse2"}) == 16
+    # the AVX2 EPYC of the speed issue: 2 cores x 2.45 GHz x 32 = 156.8 GFLOP/s
+    assert fma_peak({"avx2", "fma"}, 2.45, 2)["gflops"] == pytest.approx(156.8)
+    assert fma_peak({"avx2"}, 0, 2)["gflops"] is None               # no clock known: no peak

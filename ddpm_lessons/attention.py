@@ -21,7 +21,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from .blocks import GN_EPSILON, PACKAGE
+from .blocks import GN_EPSILON, PACKAGE, GroupNorm
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -33,7 +33,7 @@ class SelfAttention2D(layers.Layer):
         self.num_heads = int(num_heads)
         self.groups = int(groups)
         self.zero_init = bool(zero_init)
-        self.norm = layers.GroupNormalization(self.groups, epsilon=GN_EPSILON, name="norm")
+        self.norm = GroupNorm(self.groups, epsilon=GN_EPSILON, name="norm")
         self.channels = self.head_dim = None   # set in build, from the input's channels
 
     def build(self, x_shape):

@@ -31,7 +31,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from .attention import SelfAttention2D
-from .blocks import GN_EPSILON, Downsample, LabelEmbedding, ResidualBlock, TimeEmbedding, Upsample
+from .blocks import GN_EPSILON, Downsample, GroupNorm, LabelEmbedding, ResidualBlock, TimeEmbedding, Upsample
 
 UNET_KEYS = ("image_size", "channels", "base_width", "channel_mults", "num_res_blocks",
              "attention_resolutions", "dropout", "groups", "num_classes", "augment_dim")
@@ -217,7 +217,7 @@ def _build(cfg, name):
             h = Upsample(width * mults[i], name=f"up{i}_upsample")(h)
     assert not skips, "every skip connection must be used exactly once"
 
-    h = layers.GroupNormalization(groups, epsilon=GN_EPSILON, name="out_norm")(h)
+    h = GroupNorm(groups, epsilon=GN_EPSILON, name="out_norm")(h)
     h = layers.Activation("silu", name="out_swish")(h)
     eps = layers.Conv2D(cfg["channels"], 3, padding="same", kernel_initializer="zeros",
                         dtype="float32", name="out_conv")(h)

@@ -19,8 +19,11 @@ a = 0. The left-right flip of ``data.make_dataset`` stays a plain augmentation: 
 is still a photograph.
 
 All three are one coordinate map, output pixel -> source pixel, sampled bilinearly:
-src = R^-1 (out - d) / s about the image centre. Quarter turns and whole-pixel shifts land on pixel
-centres, so they are exact (equal to ``np.rot90`` and a reflected ``np.roll``; tested).
+src = R^-1 (out - d) / s about the image centre, done as a quarter turn, then one (size x size)
+interpolation matrix per axis and image (shift and isotropic scale act on rows and columns
+separately): two small batched matrix products instead of a gather per pixel. Quarter turns and
+whole-pixel shifts land on pixel centres, so they are exact (equal to ``np.rot90`` and a reflected
+``np.roll``; tested).
 """
 from __future__ import annotations
 
@@ -69,38 +72,41 @@ def _reflect(coord, size: int):
     return tf.clip_by_value(c, 0.0, size - 1.0)
 
 
+def _axis_map(shift, log2_scale, size: int):
+    """(B, size, size) matrices A with out[i] = sum_j A[i, j] src[j] along one axis: output pixel i
+    reads the source at (i + 0.5 - size/2 - shift) / s + size/2 - 0.5, mirror-reflected into the
+    picture, linearly interpolated between its two neighbours (two non-zeros per row)."""
+    centre = tf.range(size, dtype=tf.float32) + 0.5 - size / 2.0                          # (size,)
+    inv_scale = tf.pow(2.0, -tf.cast(log2_scale, tf.float32))[:, None]                    # (B, 1)
+    src = (centre[None] - tf.cast(shift, tf.float32)[:, None]) * inv_scale + size / 2.0 - 0.5
+    src = _reflect(src, size)                                                              # (B, size)
+    lo = tf.floor(src)
+    frac = (src - lo)[..., None]
+    lo = tf.cast(lo, tf.int32)
+    hi = tf.minimum(lo + 1, size - 1)
+    return tf.one_hot(lo, size) * (1 - frac) + tf.one_hot(hi, size) * frac
+
+
 def apply_augmentations(images, params: dict):
     """``images`` (B, H, W, C), H = W, transformed per image by ``params`` (``draw_augmentations``).
 
-    Output pixel (i, j) with centred coordinates u = j + 0.5 - W/2, v = i + 0.5 - H/2 reads the
-    source at R^-1 ((u, v) - (dx, dy)) / s (then back to pixel indices), bilinearly, border reflected.
-    R turns by k quarter turns counter-clockwise on screen, as ``np.rot90(image, k)``."""
+    First the quarter turns (``np.rot90(image, k)``, picked per image from the batch turned 0-3
+    times), then shift and scale about the centre, separately along rows and columns: output pixel
+    (i, j) reads the turned picture at ((i, j) + 1/2 - size/2 - (dy, dx)) / s + size/2 - 1/2, border
+    mirror-reflected, bilinearly (two (B, size, size) matrices, ``_axis_map``). Together: output
+    (u, v) reads the source at R^-1 ((u, v) - (dx, dy)) / s, with centred coordinates u, v."""
     images = tf.convert_to_tensor(images)
     dtype = images.dtype
     x = tf.cast(images, tf.float32)
-    b, size = tf.shape(x)[0], x.shape[1]
-    centre = (tf.range(size, dtype=tf.float32) + 0.5) - size / 2.0
-    v, u = tf.meshgrid(centre, centre, indexing="ij")                                  # (H, W) each
-    u, v = u[None] - tf.cast(params["dx"], tf.float32)[:, None, None], v[None] - tf.cast(params["dy"], tf.float32)[:, None, None]
-    angle = tf.cast(params["k"], tf.float32)[:, None, None] * (math.pi / 2)
-    cos, sin = tf.round(tf.cos(angle)), tf.round(tf.sin(angle))
-    # the inverse quarter turn: output (u, v) reads the source at R(-k) (u, v); equal to np.rot90(image, k)
-    su, sv = cos * u - sin * v, sin * u + cos * v
-    inv_scale = tf.pow(2.0, -tf.cast(params["log2_scale"], tf.float32))[:, None, None]
-    su, sv = su * inv_scale + size / 2.0 - 0.5, sv * inv_scale + size / 2.0 - 0.5     # pixel indices
-    su, sv = _reflect(su, size), _reflect(sv, size)
-    u0, v0 = tf.floor(su), tf.floor(sv)
-    fu, fv = (su - u0)[..., None], (sv - v0)[..., None]
-    u0, v0 = tf.cast(u0, tf.int32), tf.cast(v0, tf.int32)
-    u1, v1 = tf.minimum(u0 + 1, size - 1), tf.minimum(v0 + 1, size - 1)
-    batch = tf.broadcast_to(tf.range(b)[:, None, None], tf.shape(u0))
-
-    def at(vv, uu):
-        return tf.gather_nd(x, tf.stack([batch, vv, uu], axis=-1))
-
-    top = at(v0, u0) * (1 - fu) + at(v0, u1) * fu
-    bottom = at(v1, u0) * (1 - fu) + at(v1, u1) * fu
-    return tf.cast(top * (1 - fv) + bottom * fv, dtype)
+    size = x.shape[1]
+    turned = tf.stack([x if k == 0 else tf.image.rot90(x, k) for k in range(4)])          # (4, B, H, W, C)
+    pick = tf.one_hot(params["k"], 4, axis=0)[:, :, None, None, None]                      # (4, B, 1, 1, 1)
+    x = tf.reduce_sum(turned * pick, axis=0)
+    rows = _axis_map(params["dy"], params["log2_scale"], size)
+    cols = _axis_map(params["dx"], params["log2_scale"], size)
+    x = tf.einsum("bij,bjwc->biwc", rows, x)
+    x = tf.einsum("bkw,biwc->bikc", cols, x)
+    return tf.cast(x, dtype)
 
 
 def augment(images, p: float, seed):

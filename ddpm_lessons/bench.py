@@ -493,6 +493,33 @@ def bench_profile(name, steps=None, modes=MODES, sampling=True, quick=False, log
     return result
 
 
+def paired_step_rates(trainers: dict, batch, rounds: int = 8, steps: int = 12, log=print) -> dict:
+    """Images/s of several ``Trainer``s on one ``batch``, measured in alternation: after three untimed
+    steps (tracing) and one untimed round each, ``rounds`` rounds of ``steps`` steps per trainer, the
+    order reversed every other round, so a busy machine slows every contender alike. Returns
+    {"images_per_s": {name: [per round]}, "ratio": {name: (mean, standard error) of its per-round rate
+    over the first trainer's}}: a win counts only beyond two standard errors."""
+    names = list(trainers)
+    size = int(batch.shape[0])
+    for name in names:
+        for _ in range(3 + steps):
+            trainers[name].train_step(batch)
+    rates = {name: [] for name in names}
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                trainers[name].train_step(batch)
+            rates[name].append(size * steps / (time.perf_counter() - t0))
+        log(f"round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:.1f}" for n in names) + " img/s")
+    base = np.array(rates[names[0]])
+    ratio = {}
+    for name in names[1:]:
+        q = np.array(rates[name]) / base
+        ratio[name] = (float(q.mean()), float(q.std(ddof=1) / np.sqrt(len(q))) if len(q) > 1 else float("nan"))
+    return {"images_per_s": rates, "ratio": ratio, "rounds": rounds, "steps": steps}
+
+
 # ------------------------------------------------------------------ the one-minute speed check (a GPU owner's)
 SPEED_CHECK_SIZES = (4096, 8192)
 

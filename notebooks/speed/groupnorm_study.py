@@ -59,23 +59,11 @@ def step_study(rounds, steps, jit):
         keras.utils.set_random_seed(0)
         trainers[name] = Trainer(build_with(cls, profile), schedule, TrainConfig.from_profile(profile, jit_compile=jit))
         n_sums = sum(isinstance(layer, GroupNorm) for layer in trainers[name].model._flatten_layers())
-        print(f"{name}: {n_sums} rewritten GroupNorm layers; first steps (trace) ...", flush=True)
-        for _ in range(3):
-            trainers[name].train_step(x0)
-    for name in trainers:               # one untimed round each: the first steps after tracing are slower
-        for _ in range(steps):
-            trainers[name].train_step(x0)
-    times = {k: [] for k in trainers}
-    for r in range(rounds):
-        for name in (("keras", "sums") if r % 2 == 0 else ("sums", "keras")):
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                trainers[name].train_step(x0)
-            times[name].append(profile.batch_size * steps / (time.perf_counter() - t0))
-        print(f"round {r + 1}: keras {times['keras'][-1]:.1f} img/s, sums {times['sums'][-1]:.1f} img/s", flush=True)
-    ratio = np.array(times["sums"]) / np.array(times["keras"])
-    return {"jit_compile": jit, "steps": steps, "images_per_s": times, "ratio_mean": float(ratio.mean()),
-            "ratio_se": float(ratio.std(ddof=1) / np.sqrt(len(ratio)))}
+        print(f"{name}: {n_sums} rewritten GroupNorm layers", flush=True)
+    from ddpm_lessons.bench import paired_step_rates
+    out = paired_step_rates(trainers, x0, rounds, steps, log=lambda line: print(line, flush=True))
+    mean, se = out["ratio"]["sums"]
+    return {"jit_compile": jit, **out, "ratio_mean": mean, "ratio_se": se}
 
 
 def timed(fn, args, calls=5):

@@ -66,6 +66,18 @@ def step_study(rounds, steps, jit):
     return {"jit_compile": jit, **out, "ratio_mean": mean, "ratio_se": se}
 
 
+def forward_backward(norm):
+    """A tf.function: the gradients of sum(swish(norm(x))^2) by x, gamma and beta."""
+    @tf.function
+    def fn(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.nn.silu(norm(x))
+            loss = tf.reduce_sum(y * y)
+        return tape.gradient(loss, [x, norm.gamma, norm.beta])
+    return fn
+
+
 def timed(fn, args, calls=5):
     fn(*args)
     best = 1e9
@@ -105,22 +117,7 @@ def main(argv=None):
         sums.set_weights(layer.get_weights())
         err = float(tf.reduce_max(tf.abs(layer(x) - sums(x))))
 
-        @tf.function
-        def keras_fb(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = tf.nn.silu(layer(x))
-                loss = tf.reduce_sum(y * y)
-            return tape.gradient(loss, [x, layer.gamma, layer.beta])
-
-        @tf.function
-        def sums_fb(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = tf.nn.silu(sums(x))
-                loss = tf.reduce_sum(y * y)
-            return tape.gradient(loss, [x, sums.gamma, sums.beta])
-
+        keras_fb, sums_fb = forward_backward(layer), forward_backward(sums)
         gk, gs = keras_fb(x), sums_fb(x)
         grad_err = max(float(tf.reduce_max(tf.abs(p - q)) / (tf.reduce_max(tf.abs(p)) + 1e-12)) for p, q in zip(gk, gs))
         ratios, tk, ts = [], [], []

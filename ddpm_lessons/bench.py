@@ -469,6 +469,9 @@ def bench_profile(name, steps=None, modes=MODES, sampling=True, quick=False, log
     log(f"  [{name}] FLOPs counted in {time.perf_counter() - t0:.1f} s")
     auto, why = resolve_precision("auto", gpu=False)
     result["bfloat16"] = {"on": auto == "bfloat16", "why": why}
+    from .profiles import resolve_compile
+    jit, compile_why = resolve_compile("auto", gpu=False)
+    result["chosen"] = {"mode": "xla" if jit else "function", "precision": auto, "why": compile_why}
     if precisions is None:
         precisions = ("float32", "bfloat16") if auto == "bfloat16" else ("float32",)
     t0 = time.perf_counter()
@@ -650,7 +653,12 @@ def format_report(machine: dict, matmul: dict, result: dict) -> str:
                          f"{r['images_per_s']:>8.1f} {r['achieved_gflops']:>8.2f} {r['share_of_conv_limit']:>7.1%} "
                          f"{r['achieved_gflops'] / mm:>8.1%} "
                          + (f"{r['achieved_gflops'] / peak['gflops']:>6.1%}" if peak and peak.get("gflops") else f"{'-':>6}")
-                         + f" {r['peak_rss_mb']:>8.0f}")
+                         + f" {r['peak_rss_mb']:>8.0f}"
+                         + ("  <- make train's choice" if (r["mode"], precision) == tuple(
+                             result.get("chosen", {}).get(k) for k in ("mode", "precision")) else ""))
+    if result.get("chosen"):
+        lines.append(f"  make train's choice here: {result['chosen']['mode']}, {result['chosen']['precision']} "
+                     f"({result['chosen']['why']})")
     for precision, sp in result.get("step_profile", {}).items():
         lines.append(f"where a compiled {precision} step spends its time (TensorFlow profiler, {sp['steps']} "
                      f"steps; op time summed over threads: {sp['op_ms']:.0f} ms, wall {sp['step_ms']:.0f} ms "

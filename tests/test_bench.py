@@ -98,14 +98,20 @@ def test_report_and_figure_from_a_result(tmp_path):
                                            "ms_by_part": {"convolutions": 120.0, "optimizer": 60.0}}},
               "sampling": {"batch": 32, "forward_s": 0.03, "rows": [
                   {"sampler": "ddim", "eta": 0.0, "steps": 10, "seconds": 0.33, "bound_s": 0.3, "ratio": 1.1,
-                   "note": ""}]}}
-    machine = {"cpu": "test cpu", "cores": 2, "tensorflow": tf.__version__, "onednn": True}
+                   "note": ""}]},
+              "chosen": {"mode": "function", "precision": "bfloat16", "why": "an AVX-512 CPU"}}
+    machine = {"cpu": "test cpu", "cores": 2, "tensorflow": tf.__version__, "onednn": True,
+               "fma_peak": {"gflops": 100.0, "ghz": 2.0, "cores": 2, "flop_per_cycle": 25}}
     text = format_report(machine, matmul, result)
     assert "profile tiny" in text and "conv limit" in text and "ddim eta=0" in text
     assert "float32 30.0, bfloat16 60.0" in text and "bfloat16 training: on" in text
     lines = text.splitlines()
     bf16_row = next(line for line in lines if line.split()[:2] == ["function", "bfloat16"])
     assert "30.0%" in bf16_row and "33.3%" in bf16_row, "shares against the bfloat16 limits (60 conv, 54 matmul)"
+    assert "18.0%" in bf16_row, "18 GFLOP/s is 18% of the 100 GFLOP/s FMA peak"
+    f32_row = next(line for line in lines if line.split()[:2] == ["function", "float32"])
+    assert "make train's choice" in bf16_row and "make train's choice" not in f32_row
+    assert "float32 FMA peak: 100 GFLOP/s = 2 cores x 2.00 GHz x 25 FLOP/cycle" in text
     assert "convolutions 67%" in text and "optimizer 33%" in text
     plot_bench(tmp_path / "b.png", matmul, result)
     assert (tmp_path / "b.png").stat().st_size > 1000

@@ -93,7 +93,35 @@ def main(argv=None):
     (ASSET / "history.json").write_text(json.dumps(trainer.history))
     samples = generate(trainer.ema_model, schedule, 64, seed=0, **sampler_options(settings))
     save_grid(ASSET / "samples.png", samples)
+    (ASSET / "README.md").write_text(readme(settings, step, counts, trainer.history))
     print(f"exported step {step} to {ASSET.relative_to(ROOT)}", flush=True)
+
+
+def readme(settings, step, counts, history) -> str:
+    """What the asset folder holds and how it was made, from the run's own record."""
+    from ddpm_lessons.bench import machine_facts
+    from ddpm_lessons.profiles import cpu_flags
+    facts = machine_facts()
+    flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")))
+    minutes = history["seconds"][-1] / 60 if history["seconds"] else float("nan")
+    return f"""# The general prior: one long run on everything the course ships or builds
+
+The EMA weights (`ema.float16.npz`, float16) of `notebooks/prior/train_general_prior.py`: the `cpu`
+profile's U-Net with the augmentation-label input (`augment_dim={settings.augment_dim}`), trained on
+{counts['emoji-portraits']} emoji portraits, {counts['twemoji-things']} twemoji things and the {counts['tuxpaint-photos']}
+photographs of `data/tuxpaint-photos` (these repeated {FOLDERS['tuxpaint-photos']} times per pass); the held-out
+`data/tuxpaint-animals` was never read.
+
+- training: {step} steps of batch {settings.batch_size}, v-prediction, Adam {settings.learning_rate:g} with a
+  {settings.warmup_steps}-step warm-up, clip {settings.grad_clip}, EMA {settings.ema_decay}, augmentation p = {settings.augment_p}
+  (augment.py; the network told each transform); final loss {history['loss'][-1]:.3f} (`history.json`)
+- time: {minutes:.0f} minutes of training steps on a {facts['cores']}-core {facts['cpu']} ({flags}),
+  TensorFlow {facts['tensorflow']}, sharing the machine with other work for much of it
+- `samples.png`: 64 samples (seed 0), DPM-Solver++(2M), 10 Karras steps from sigma 80
+
+`make train DATA=... INIT=general` fine-tunes it on your folder (lesson 10);
+`training.load_shipped_weights(build_unet(profile, augment_dim=5), "general")` loads it.
+"""
 
 
 if __name__ == "__main__":

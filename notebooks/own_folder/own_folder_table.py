@@ -1,0 +1,77 @@
+"""The own-folder study's table (lesson 10): folder x method x training minutes.
+
+Reads notebooks/own_folder/results/<folder>-<method>.json (made by own_folder_study.py) and prints,
+per row, layout and detail KID x 1e3 +- SE, SWD x 1e3, the verdict's near-copy share, and each
+method's paired difference to "scratch" (today's default) at the same minutes in the layout score:
+the difference of KID on the same real subsets, its paired standard error, and "win" / "loss" only
+beyond two of them (``metrics.scores.paired_difference``).
+
+    .venv/bin/python notebooks/own_folder/own_folder_table.py
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def paired(a_subsets, b_subsets):
+    """(mean of b - a, its standard error) over the shared real subsets."""
+    d = np.asarray(b_subsets) - np.asarray(a_subsets)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
+def load(results=RESULTS) -> dict:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(results).glob("*.json"))}
+
+
+def rows(results=RESULTS):
+    """One dict per (folder, method, minutes), with the paired layout and detail differences to scratch."""
+    found = load(results)
+    out = []
+    for key, r in found.items():
+        base = found.get(f"{r['folder']}-scratch")
+        for minutes, s in r["scores"].items():
+            row = {"folder": r["folder"], "method": r["method"], "minutes": int(minutes),
+                   "steps": r["snapshots"][minutes]["steps"], "images": r["images"],
+                   "layout": s["layout"]["kid_x1e3"], "layout_se": s["layout"]["se_x1e3"],
+                   "detail": s["detail"]["kid_x1e3"], "detail_se": s["detail"]["se_x1e3"],
+                   "swd": s["swd_x1e3"], "near_copies": s["verdict"]["near_copies"], "call": s["verdict"]["call"]}
+            if base and r["method"] != "scratch" and minutes in base["scores"]:
+                for name in ("layout", "detail"):
+                    row[f"{name}_vs_scratch"] = paired(base["scores"][minutes][name]["subsets_x1e3"],
+                                                       s[name]["subsets_x1e3"])
+            out.append(row)
+    order = {"scratch": 0, "scratch-aug": 1, "general": 2, "general-aug": 3, "leak": 4, "told": 5}
+    return sorted(out, key=lambda x: (x["folder"], order.get(x["method"], 9), x["minutes"]))
+
+
+def verdict_word(diff, se):
+    return "win" if diff < -2 * se else "loss" if diff > 2 * se else "-"
+
+
+def main():
+    table = rows()
+    if not table:
+        print(f"no results in {RESULTS}: run own_folder_study.py first")
+        return 1
+    print(f"{'folder':12s} {'method':12s} {'min':>3s} {'steps':>5s} {'layout KID':>15s} {'detail KID':>15s} "
+          f"{'SWD':>6s} {'copies':>6s}  {'layout vs scratch (paired)':>28s}")
+    for r in table:
+        vs = ""
+        if "layout_vs_scratch" in r:
+            d, se = r["layout_vs_scratch"]
+            vs = f"{d:+7.2f} +- {se:5.2f} {verdict_word(d, se):>4s}"
+        print(f"{r['folder']:12s} {r['method']:12s} {r['minutes']:3d} {r['steps']:5d} "
+              f"{r['layout']:7.2f} +- {r['layout_se']:5.2f} {r['detail']:7.2f} +- {r['detail_se']:5.2f} "
+              f"{r['swd']:6.1f} {r['near_copies']:6.1%}  {vs:>28s}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -164,3 +164,20 @@ def test_shipped_weights_load_with_their_shapes_and_refuse_another_network(tmp_p
         training.load_shipped_weights(build_unet(profile, augment_dim=0), "general")
     with pytest.raises(ValueError, match="INIT='other' is not known"):
         training.load_shipped_weights(build_unet(profile), "other")
+
+
+def test_the_shipped_general_prior_loads_into_the_cpu_unet_with_the_augment_input():
+    """What INIT=general loads: the cpu profile's U-Net with augment_dim=5, predicting v, every weight
+    finite and none left at its initial value (an untrained table would stay at zero or at random)."""
+    from ddpm_lessons import training
+    from ddpm_lessons.profiles import get_profile
+    from ddpm_lessons.unet import build_unet
+    saved = training.shipped_settings("general")
+    assert saved["augment_dim"] == AUGMENT_DIM and saved["image_size"] == 32
+    fresh = build_unet(get_profile("cpu"), augment_dim=AUGMENT_DIM)
+    before = [w.numpy().copy() for w in fresh.weights]
+    model = training.load_shipped_weights(fresh, "general", prediction=saved["prediction"])
+    for w, b in zip(model.weights, before):
+        assert np.all(np.isfinite(w.numpy())), w.path
+        assert not np.array_equal(w.numpy(), b) or w.path.endswith(("gamma", "beta")), f"{w.path} was not trained"
+    assert np.abs(model.get_layer("augment_embedding").kernel.numpy()).max() > 1e-3   # it learned the transforms

@@ -12,6 +12,7 @@
     training   the Trainer: loss (eps or v, weighting), EMA, checkpoints lessons 07, 12, 14
     sampling   DDPM, DDIM, DPM-Solver++(2M), EDM Heun, DDIM inversion    lesson 08
     runs       run folders, the step rule, the time estimate, PNGs out   lessons 09, 10
+    augment    non-leaking augmentation: transforms and their labels     lesson 10
     metrics    KID, SWD, the copy check, the protocol, the verdict       lesson 11
     bench      speed against the machine's limit (python -m ...bench)    (script)
 """

@@ -252,6 +252,10 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
     if init_from:
         from .training import shipped_settings
         profile = profile.replace(augment_dim=shipped_settings(init_from).get("augment_dim", 0))
+        if profile.augment_p > 0 and not profile.augment_dim:
+            raise UserError(f"AUGMENT={profile.augment_p:g} with INIT={init_from}: the shipped {init_from} network "
+                            "has no augmentation input, so it could not be told the transforms and would learn "
+                            "to draw them; use INIT=general, or no AUGMENT=")
     if profile.augment_p > 0 and not init_from:
         from .augment import AUGMENT_DIM
         profile = profile.replace(augment_dim=AUGMENT_DIM)      # the network is told the transforms

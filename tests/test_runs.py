@@ -231,3 +231,6 @@ def test_augment_gives_the_network_the_augmentation_input(tmp_path):
     assert "augment     each transform" in runs.describe_run(run)
     plain, _ = prepare(tmp_path / "runs2", folder)
     assert runs.read_settings(plain)["profile"].augment_dim == 0
+    with pytest.raises(runs.UserError, match="has no augmentation input"):     # it would leak
+        runs.prepare_run(tmp_path / "runs3", folder, get_profile("cpu"), init_from="reference", augment=0.2)
+    assert not (tmp_path / "runs3").exists()

@@ -176,18 +176,10 @@ def reference_prediction() -> str:
 
 
 def load_reference_weights(model: keras.Model, prediction: str | None = None) -> keras.Model:
-    """Load the shipped reference run's EMA weights (``assets/reference_cpu``) into ``model``,
-    which must be the ``cpu`` profile's U-Net (``build_unet(get_profile("cpu"))``). With
-    ``prediction`` (what the caller will train or sample as), refuse weights that predict another target."""
-    path = REFERENCE_DIR / REFERENCE_WEIGHTS
-    if not path.exists():
-        raise FileNotFoundError(f"no reference weights at {path.name} in the package's assets; "
-                                "train your own with `make train`")
-    if prediction is not None and prediction != reference_prediction():
-        raise ValueError(f"the shipped reference network predicts {reference_prediction()!r}, but this run "
-                         f"uses prediction={prediction!r}: start from scratch (leave init_from empty / no "
-                         f"INIT=reference), or set the profile's prediction to {reference_prediction()!r}")
-    return load_compact_weights(model, path)
+    """Load the shipped reference run's EMA weights (``assets/reference_cpu``) into ``model``, which must be
+    the ``cpu`` profile's U-Net (``build_unet(get_profile("cpu"))``): ``load_shipped_weights(model,
+    "reference", prediction)``, which refuses weights that predict another target than ``prediction``."""
+    return load_shipped_weights(model, "reference", prediction)
 
 
 GENERAL_DIR = Path(__file__).resolve().parent / "assets" / "general_cpu"

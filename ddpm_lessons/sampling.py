@@ -213,7 +213,8 @@ def x0_and_eps(x_t, a_t, eps, clip_x0=None):
 
 
 def ddim_step(x_t, t, s, eps, schedule: NoiseSchedule, eta=0.0, noise=None, clip_x0=None):
-    """One DDIM step x_t -> x_s (Song et al. eq. 12). t, s: (B,) int, s < t, s = -1 for x_0.
+    """One DDIM step x_t -> x_s (Song et al. eq. 12). t, s: (B,) int, s < t, s = -1 for x_0;
+    with eta = 0 also s > t: the same update run forwards is DDIM inversion (``ddim_invert``).
 
         sigma = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s)                 (eq. 16)
         x_s   = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps + sigma z
@@ -229,7 +230,8 @@ def ddim_step(x_t, t, s, eps, schedule: NoiseSchedule, eta=0.0, noise=None, clip
     a_t = tf.reshape(tf.gather(abar, tf.cast(t, tf.int32)), shape)
     a_s = tf.reshape(tf.gather(abar, tf.math.floormod(tf.cast(s, tf.int32), schedule.T + 1)), shape)
     x0_hat, eps = x0_and_eps(x_t, a_t, eps, clip_x0)
-    sigma = eta * tf.sqrt((1.0 - a_s) / (1.0 - a_t)) * tf.sqrt(1.0 - a_t / a_s)
+    sigma = 0.0 if (not tf.is_tensor(eta) and eta == 0) else \
+        eta * tf.sqrt((1.0 - a_s) / (1.0 - a_t)) * tf.sqrt(1.0 - a_t / a_s)
     x_s = tf.sqrt(a_s) * x0_hat + tf.sqrt(tf.maximum(1.0 - a_s - sigma ** 2, 0.0)) * eps
     if noise is not None:
         x_s = x_s + sigma * tf.cast(noise, x_t.dtype)
@@ -508,14 +510,13 @@ def ddim_invert(eps_fn, x0, schedule: NoiseSchedule, num_steps=50, spacing="unif
     taus = timestep_grid(schedule, num_steps, spacing, sigma_max)[:-1][::-1]     # increasing
     abar = schedule.alphas_cumprod
     x0 = tf.convert_to_tensor(x0)
-    steps = lambda t: tf.fill([tf.shape(x0)[0]], int(t))
     a = abar[taus[0]]                                                  # x_0 -> x_{tau_0}: ~ the clean image
-    x = np.sqrt(a) * x0 + np.sqrt(1 - a) * tf.cast(eps_fn(np.sqrt(a) * x0, steps(taus[0])), x0.dtype)
-    for s, t in zip(taus[:-1], taus[1:]):
-        eps = tf.cast(eps_fn(x, steps(s)), x0.dtype)
-        x0_hat = predict_x0_from_eps(x, steps(s), eps, schedule)
-        x = np.sqrt(abar[t]) * x0_hat + np.sqrt(1 - abar[t]) * eps
-    return x.numpy()
+    x = np.sqrt(a) * x0 + np.sqrt(1 - a) * tf.cast(eps_fn(np.sqrt(a) * x0, tf.fill([tf.shape(x0)[0]], int(taus[0]))),
+                                                   x0.dtype)
+    if len(taus) > 1:                  # then DDIM's eta = 0 step up the grid, in the sampler's compiled loop
+        run = make_loop(eps_fn, schedule, ddim_loop_step(0.0), ("ddim", 0.0), rank=len(x0.shape))
+        x = run_loop(run, x, np.asarray(taus, np.int32), np.zeros((0, len(taus) - 1), np.float32), 0)
+    return np.asarray(x)
 
 
 # ============================================================================ one entry point

@@ -143,6 +143,25 @@ def test_ddim_inversion_round_trips_and_converges():
     np.testing.assert_array_equal(a, b)
 
 
+def test_ddim_invert_is_the_eta0_update_run_forwards():
+    """The compiled inversion equals the docstring's update written out in NumPy, step by step:
+    x_{tau_0} = sqrt(a) x0 + sqrt(1 - a) eps(sqrt(a) x0, tau_0), then
+    x_t = sqrt(abar_t) x0_hat(x_s, s) + sqrt(1 - abar_t) eps(x_s, s) up the grid."""
+    eps_fn = gaussian_eps(COSINE, 0.5)
+    x0 = (np.random.default_rng(4).standard_normal((3, 4, 4, 3)) * 0.5).astype(np.float32)
+    for spacing, sigma_max in (("uniform", None), ("karras", 80.0)):
+        taus = timestep_grid(COSINE, 12, spacing, sigma_max)[:-1][::-1]
+        ab = COSINE.alphas_cumprod.astype(np.float64)
+        eps = lambda x, t: np.asarray(eps_fn(tf.constant(x, tf.float32), tf.fill([3], int(t))), np.float64)
+        a = ab[taus[0]]
+        x = np.sqrt(a) * x0 + np.sqrt(1 - a) * eps(np.sqrt(a) * x0, taus[0])
+        for s_, t_ in zip(taus[:-1], taus[1:]):
+            e = eps(x, s_)
+            x0_hat = (x - np.sqrt(1 - ab[s_]) * e) / np.sqrt(ab[s_])
+            x = np.sqrt(ab[t_]) * x0_hat + np.sqrt(1 - ab[t_]) * e
+        np.testing.assert_allclose(ddim_invert(eps_fn, x0, COSINE, 12, spacing, sigma_max), x, rtol=1e-3, atol=1e-3)
+
+
 def test_ddim_full_eta1_matches_ddpm_on_the_mixture():
     mixture = default_mixture()
     eps_fn = mixture_eps_fn(mixture, LINEAR)

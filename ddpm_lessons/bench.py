@@ -125,13 +125,18 @@ def fma_peak(flags=None, ghz=None, cores=None) -> dict:
     """{gflops, ghz, cores, flop_per_cycle}: the float32 FMA peak = cores x GHz x FLOP per cycle, with
     cores the CPUs this process may use (logical: two hyper-threads of one core share its units)."""
     from .profiles import cpu_flags
-    flags = cpu_flags() if flags is None else flags
+    held = None
+    if flags is None:
+        flags = cpu_flags()
+        if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper().startswith("AVX2"):   # --emulate-avx2's hold
+            held = "AVX2 (ONEDNN_MAX_CPU_ISA)"
+            flags = {f for f in flags if not f.startswith("avx512")}
     ghz = cpu_ghz() if ghz is None else ghz
     cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) \
         if cores is None else cores
     per_cycle = fma_flop_per_cycle(flags)
     return {"gflops": cores * ghz * per_cycle if ghz else None, "ghz": ghz, "cores": cores,
-            "flop_per_cycle": per_cycle}
+            "flop_per_cycle": per_cycle, "held_to": held}
 
 
 # ------------------------------------------------------------------ the limit
@@ -608,7 +613,7 @@ def _onednn_words(on, switched) -> str:
 
 def _peak_words(peak: dict) -> str:
     return (f"{peak['gflops']:,.0f} GFLOP/s = {peak['cores']} cores x {peak['ghz']:.2f} GHz x "
-            f"{peak['flop_per_cycle']} FLOP/cycle")
+            f"{peak['flop_per_cycle']} FLOP/cycle" + (f", held to {peak['held_to']}" if peak.get("held_to") else ""))
 
 
 # ------------------------------------------------------------------ report

@@ -193,3 +193,10 @@ def test_fma_peak_from_flags_and_clock():
     # the AVX2 EPYC of the speed issue: 2 cores x 2.45 GHz x 32 = 156.8 GFLOP/s
     assert fma_peak({"avx2", "fma"}, 2.45, 2)["gflops"] == pytest.approx(156.8)
     assert fma_peak({"avx2"}, 0, 2)["gflops"] is None               # no clock known: no peak
+    # held to AVX2 the way --emulate-avx2 holds oneDNN: the AVX2 peak, and the report says so
+    import os
+    from unittest import mock
+    with mock.patch.dict(os.environ, {"ONEDNN_MAX_CPU_ISA": "AVX2"}), \
+            mock.patch("ddpm_lessons.profiles.cpu_flags", return_value={"avx2", "fma", "avx512f"}):
+        held = fma_peak(ghz=2.8, cores=2)
+    assert held["flop_per_cycle"] == 32 and held["gflops"] == pytest.approx(179.2) and "AVX2" in held["held_to"]

@@ -99,7 +99,8 @@ def apply_augmentations(images, params: dict):
     dtype = images.dtype
     x = tf.cast(images, tf.float32)
     size = x.shape[1]
-    turned = tf.stack([x if k == 0 else tf.image.rot90(x, k) for k in range(4)])          # (4, B, H, W, C)
+    xt = tf.transpose(x, [0, 2, 1, 3])                            # np.rot90 by k = flips of x and its transpose
+    turned = tf.stack([x, tf.reverse(xt, [1]), tf.reverse(x, [1, 2]), tf.reverse(xt, [2])])  # (4, B, H, W, C)
     pick = tf.one_hot(params["k"], 4, axis=0)[:, :, None, None, None]                      # (4, B, 1, 1, 1)
     x = tf.reduce_sum(turned * pick, axis=0)
     rows = _axis_map(params["dy"], params["log2_scale"], size)

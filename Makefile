@@ -5,10 +5,13 @@
 #                        PROFILE=tiny|cpu|gpu picks the size, SIZE=64 the image size, FRESH=1 starts
 #                        a new run, CONTINUE=1 goes on although the folder's files changed,
 #                        STEPS=N changes the number of steps (default: by the folder's size),
-#                        INIT=reference starts from the shipped emoji weights, INIT=general from the
-#                        shipped broad prior (lesson 10; the cpu profile at its image size),
-#                        AUGMENT=0.2 turns on the non-leaking augmentation with that probability
-#                        (lesson 10: the network is told each transform, and samples without any),
+#                        INIT= where to start (default auto: your own folder fine-tunes the shipped
+#                        general prior, the cpu profile at 32 px; the shipped portraits, other
+#                        profiles, sizes and CONDITIONAL=1 train from scratch; the plan says which
+#                        and why): INIT=scratch, INIT=general, INIT=reference (the emoji weights),
+#                        AUGMENT=p the non-leaking augmentation's probability (default: 0.2 on a
+#                        fine-tune of the general prior, else 0; lesson 10: the network is told
+#                        each transform, and samples without any),
 #                        PRECISION=float32 turns bfloat16 training off (default auto: bfloat16
 #                        where the CPU has AVX512_BF16 or AMX),
 #                        COMPILE=function|xla forces how the training step is compiled (default auto:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .profiles import Profile, describe_sampler, get_profile, network_evaluations, sampler_options
+from .profiles import PROFILES, Profile, describe_sampler, get_profile, network_evaluations, sampler_options
 
 # The default number of steps is the profile's train_steps, but never more than MAX_PASSES passes
 # over the data: a small folder is otherwise seen hundreds of times and the network learns to
@@ -111,6 +111,32 @@ def default_train_steps(num_images: int, batch_size: int, profile_steps: int,
     """
     by_passes = math.ceil(max_passes * num_images / batch_size)
     return int(min(profile_steps, max(min_steps, by_passes)))
+
+
+# The default for a learner's own folder (lesson 10, section 7; notebooks/own_folder/): fine-tune the
+# shipped general prior for at most FINETUNE_STEPS steps with the non-leaking augmentation at
+# FINETUNE_AUGMENT. INIT=scratch, STEPS=, AUGMENT= choose otherwise.
+FINETUNE_STEPS = 429        # the study's 5-minute budget on a 2-core CPU
+FINETUNE_AUGMENT = 0.2      # the probability the general prior was trained with
+SHIPPED_NAMES = ("reference", "general")
+
+
+def choose_init(shipped_data: bool, profile: Profile, conditional: bool = False) -> tuple[str, str]:
+    """(init, reason) for a new run when ``INIT`` is not given: "general" (fine-tune the shipped broad
+    prior) for your own folder where its network fits, else "" (from scratch), with the reason why."""
+    if shipped_data:
+        return "", "the shipped portraits train from scratch: that is the course's own recipe (lesson 09)"
+    if conditional:
+        return "", "a conditional U-Net trains from scratch (the shipped general prior is unconditional)"
+    if profile.name != "cpu" or profile.image_size != PROFILES["cpu"].image_size:
+        return "", (f"the shipped general prior is the cpu profile's U-Net at 32x32, not the {profile.name} "
+                    f"profile's at {profile.image_size}x{profile.image_size}: from scratch")
+    from .training import SHIPPED
+    if not (SHIPPED["general"] / "settings.json").exists():
+        return "", "the shipped general prior is missing from the package's assets: from scratch"
+    return "general", ("your own folder: fine-tuning the shipped general prior gives objects in minutes where "
+                       "training from scratch gives colour masses (lesson 10, section 7); INIT=scratch trains "
+                       "from scratch instead")
 
 
 VERDICT_SECONDS = 15     # scoring the final samples (measured: 12 s for 256 at 32x32 on 2 cores)
@@ -233,9 +259,11 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
     (``data.class_labels``: the shipped portraits' subcategory and skin tone, else the first level of
     sub-folders); ``settings.json`` records the class names under "labels".
     ``init_from``: "" (from scratch), "reference" or "general" (``training.SHIPPED``: a new run starts
-    from those weights; "general" has the augmentation input). ``augment``: the non-leaking
-    augmentation's probability p (lesson 10; None keeps the profile's); p > 0 gives the U-Net the
-    augmentation-label input.
+    from those weights; "general" has the augmentation input), or "auto" (``make train``'s default:
+    ``choose_init`` picks, and a fine-tune of the general prior gets ``FINETUNE_STEPS`` and
+    ``FINETUNE_AUGMENT`` unless ``steps`` or ``augment`` say otherwise; the plan says which and why).
+    ``augment``: the non-leaking augmentation's probability p (lesson 10; None keeps the profile's);
+    p > 0 gives the U-Net the augmentation-label input.
     """
     from .data import default_dataset_path
     profile = profile or get_profile()
@@ -247,6 +275,14 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
         profile = profile.replace(compile=compile)              # "auto", "function" or "xla"
     if image_size:
         profile = profile.replace(image_size=int(image_size))   # Profile validates the size
+    folder = Path(data).expanduser() if data else default_dataset_path()
+    chosen = None
+    if init_from == "auto":
+        shipped = folder.resolve() == default_dataset_path().resolve()
+        init_from, reason = choose_init(shipped, profile, conditional)
+        chosen = {"init": init_from or "scratch", "reason": reason}
+        if init_from == "general":
+            augment = FINETUNE_AUGMENT if augment is None else augment
     if augment is not None:
         profile = profile.replace(augment_p=float(augment))     # Profile validates p
     if init_from:
@@ -259,7 +295,6 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
     if profile.augment_p > 0 and not init_from:
         from .augment import AUGMENT_DIM
         profile = profile.replace(augment_dim=AUGMENT_DIM)      # the network is told the transforms
-    folder = Path(data).expanduser() if data else default_dataset_path()
     images, report = read_training_folder(folder, profile.image_size)
     files = list_folder(folder)
     data_path = str(folder.resolve())
@@ -268,7 +303,7 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
         raise UserError(f"the folder {folder} has only {n} usable picture{'s' * (n != 1)}: a diffusion model "
                         f"needs at least {MIN_PICTURES} (with fewer it can only learn them by heart, and the "
                         "verdict of lesson 11 cannot split them in two halves); add pictures of the same kind")
-    plan = {"images": n, "report": report, "grayscale": is_grayscale(images), "notes": []}
+    plan = {"images": n, "report": report, "grayscale": is_grayscale(images), "notes": [], "chosen": chosen}
     kinds = None
     if conditional:
         from .data import class_labels
@@ -306,7 +341,10 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
     if batch < profile.batch_size:
         plan["notes"].append(f"only {n} images: the batch is {batch} instead of {profile.batch_size}")
     train_steps = int(steps) or default_train_steps(n, batch, profile.train_steps)
-    if not steps and train_steps < profile.train_steps:
+    if chosen and init_from == "general" and not steps and train_steps > FINETUNE_STEPS:
+        train_steps = FINETUNE_STEPS
+        plan["notes"].append(f"{train_steps} steps: a fine-tune of the general prior (STEPS= to change it)")
+    elif not steps and train_steps < profile.train_steps:
         plan["notes"].append(f"{train_steps} steps instead of the profile's {profile.train_steps}: at most "
                              f"{MAX_PASSES} passes over {n} images (more would teach the network to copy them)")
     if plan["grayscale"]:
@@ -320,6 +358,7 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
     (run / "data_files.json").write_text(json.dumps(files, indent=0))
     (run / "settings.json").write_text(json.dumps({
         "profile": dataclasses.asdict(settings), "init_from": init_from, "grayscale": plan["grayscale"],
+        **({"chosen": chosen} if chosen else {}),
         "notes": plan["notes"],
         **({"labels": [{"kind": kind, "classes": names} for kind, names in kinds]} if kinds else {}),
         "data": {"path": data_path, "fingerprint": fingerprint(files), "files": len(files), "images": n},
@@ -349,6 +388,8 @@ def describe_run(run) -> str:
     for kind in saved.get("labels", []):
         lines.append(f"  labels      {kind['kind']}: {len(kind['classes'])} class{'es' * (len(kind['classes']) != 1)} ({', '.join(kind['classes'][:6])}"
                      f"{', ...' if len(kind['classes']) > 6 else ''}), each dropped with p = {s.label_dropout:g}")
+    if saved.get("chosen"):
+        lines.append(f"  start       {saved['chosen']['init']}, chosen by default: {saved['chosen']['reason']}")
     lines += [f"  note: {note}" for note in saved.get("notes", [])]
     return "\n".join(lines)
 
@@ -554,8 +595,9 @@ def main(argv=None) -> int:
     a.add_argument("--runs", default="runs", help="where run folders live")
     a.add_argument("--size", type=int, default=0, help="image size in pixels (default: the profile's)")
     a.add_argument("--steps", type=int, default=0, help="training steps (default: by the folder's size)")
-    a.add_argument("--init", default="", help="'reference' = start from the shipped emoji weights, "
-                                              "'general' = from the shipped broad prior (lesson 10)")
+    a.add_argument("--init", default="auto", help="auto (default: 'general' for your own folder, 'scratch' for "
+                                                  "the shipped portraits), scratch, 'reference' = the shipped "
+                                                  "emoji weights, 'general' = the shipped broad prior (lesson 10)")
     a.add_argument("--augment", default="", help="non-leaking augmentation probability p in [0, 1) (lesson 10)")
     a.add_argument("--precision", default="", help="training compute: auto (default), float32 or bfloat16")
     a.add_argument("--distribute", default="", help="auto (default: all GPUs when there are several) or off")
@@ -579,10 +621,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         if args.cmd == "prepare":
-            if args.init not in ("", "reference", "general"):
-                raise UserError(f"INIT={args.init!r} is not known: leave it empty (train from scratch), "
-                                "give INIT=reference (start from the shipped emoji weights) or INIT=general "
-                                "(the shipped broad prior)")
+            if args.init not in ("", "auto", "scratch", "reference", "general"):
+                raise UserError(f"INIT={args.init!r} is not known: leave it out (the default: the general prior "
+                                "for your own folder, from scratch for the shipped portraits), or give "
+                                "INIT=scratch, INIT=general (the shipped broad prior) or INIT=reference "
+                                "(the shipped emoji weights)")
+            init = {"": "auto", "scratch": ""}.get(args.init, args.init)
             try:
                 augment = float(args.augment) if args.augment.strip() else None
             except ValueError:
@@ -596,20 +640,20 @@ def main(argv=None) -> int:
                     profile = get_profile()
             except ValueError as err:
                 raise UserError(str(err)) from None
-            if args.init and (profile.name != "cpu" or args.size not in (0, profile.image_size)):
+            if init in SHIPPED_NAMES and (profile.name != "cpu" or args.size not in (0, profile.image_size)):
                 raise UserError(f"INIT={args.init} needs PROFILE=cpu at its image size (no SIZE=): the shipped "
                                 "weights are the cpu profile's U-Net at 32x32")
-            if args.init and args.conditional:
+            if init in SHIPPED_NAMES and args.conditional:
                 raise UserError(f"INIT={args.init} and CONDITIONAL=1 cannot go together: the shipped weights are "
                                 "an unconditional U-Net; a conditional one trains from scratch")
-            if args.init:
+            if init in SHIPPED_NAMES:
                 from .training import SHIPPED
                 if not (SHIPPED[args.init] / "settings.json").exists():
                     raise UserError(f"INIT={args.init}: the shipped weights are missing from the package's "
-                                    f"assets ({SHIPPED[args.init].name}); train from scratch (no INIT=)")
+                                    f"assets ({SHIPPED[args.init].name}); train from scratch (INIT=scratch)")
             try:
                 run, plan = prepare_run(args.runs, args.data, profile, args.size, args.steps, args.fresh,
-                                        args.continue_changed, args.init, args.precision, args.conditional,
+                                        args.continue_changed, init, args.precision, args.conditional,
                                         args.distribute, args.compile, augment)
             except ValueError as err:        # e.g. SIZE=30 that the U-Net cannot halve
                 raise UserError(str(err)) from None

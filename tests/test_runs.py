@@ -234,3 +234,35 @@ def test_augment_gives_the_network_the_augmentation_input(tmp_path):
     with pytest.raises(runs.UserError, match="has no augmentation input"):     # it would leak
         runs.prepare_run(tmp_path / "runs3", folder, get_profile("cpu"), init_from="reference", augment=0.2)
     assert not (tmp_path / "runs3").exists()
+
+
+def test_the_default_start_is_the_general_prior_for_your_own_folder_and_says_why(tmp_path):
+    """INIT left out ("auto"): your own folder in the cpu profile fine-tunes the shipped general prior
+    with its default steps and augmentation; the shipped portraits, another profile or size, and a
+    conditional run train from scratch; the plan names the choice and the reason; flags win."""
+    cpu = get_profile("cpu")
+    assert runs.choose_init(False, cpu)[0] == "general"
+    for shipped, profile, conditional in ((True, cpu, False), (False, cpu, True), (False, TINY, False),
+                                          (False, cpu.replace(image_size=64), False)):
+        init, reason = runs.choose_init(shipped, profile, conditional)
+        assert init == "" and len(reason) > 20
+    folder = make_folder(tmp_path / "pics", n=120)          # 200 passes of 32 = 750 steps from scratch
+    run, plan = runs.prepare_run(tmp_path / "runs", folder, cpu, init_from="auto")
+    saved = runs.read_settings(run)
+    s = saved["profile"]
+    assert saved["init_from"] == "general" and saved["chosen"]["init"] == "general"
+    assert s.train_steps == runs.FINETUNE_STEPS < runs.default_train_steps(120, 32, cpu.train_steps)
+    assert s.augment_p == runs.FINETUNE_AUGMENT and s.augment_dim == 5
+    assert "start       general, chosen by default: your own folder" in runs.describe_run(run)
+    # each alternative has its flag: steps, no augmentation, from scratch
+    run2, _ = runs.prepare_run(tmp_path / "runs2", folder, cpu, init_from="auto", steps=300, augment=0.0)
+    s2 = runs.read_settings(run2)["profile"]
+    assert s2.train_steps == 300 and s2.augment_p == 0 and s2.augment_dim == 5
+    run3, _ = runs.prepare_run(tmp_path / "runs3", folder, cpu, init_from="")
+    saved3 = runs.read_settings(run3)
+    assert saved3["init_from"] == "" and "chosen" not in saved3 and saved3["profile"].augment_dim == 0
+    # the shipped portraits keep the course's recipe, and the plan says so
+    run4, _ = runs.prepare_run(tmp_path / "runs4", None, cpu, init_from="auto")
+    saved4 = runs.read_settings(run4)
+    assert saved4["init_from"] == "" and saved4["chosen"]["init"] == "scratch"
+    assert saved4["profile"].train_steps == cpu.train_steps

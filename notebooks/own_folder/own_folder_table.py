@@ -27,7 +27,8 @@ def paired(a_subsets, b_subsets):
 
 
 def load(results=RESULTS) -> dict:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(results).glob("*.json"))}
+    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(results).glob("*.json"))
+            if p.stem != "nearest"}        # own_folder_nearest.py's distances
 
 
 def rows(results=RESULTS):
@@ -60,16 +61,17 @@ def main():
     if not table:
         print(f"no results in {RESULTS}: run own_folder_study.py first")
         return 1
-    print(f"{'folder':12s} {'method':12s} {'min':>3s} {'steps':>5s} {'layout KID':>15s} {'detail KID':>15s} "
-          f"{'SWD':>6s} {'copies':>6s}  {'layout vs scratch (paired)':>28s}")
+    print(f"{'folder':11s} {'method':11s} {'min':>3s} {'steps':>5s} {'layout KID':>14s} {'detail KID':>14s} "
+          f"{'SWD':>5s} {'copies':>6s}  {'layout vs scratch':>22s}  {'detail vs scratch':>22s}")
     for r in table:
         vs = ""
-        if "layout_vs_scratch" in r:
-            d, se = r["layout_vs_scratch"]
-            vs = f"{d:+7.2f} +- {se:5.2f} {verdict_word(d, se):>4s}"
-        print(f"{r['folder']:12s} {r['method']:12s} {r['minutes']:3d} {r['steps']:5d} "
-              f"{r['layout']:7.2f} +- {r['layout_se']:5.2f} {r['detail']:7.2f} +- {r['detail_se']:5.2f} "
-              f"{r['swd']:6.1f} {r['near_copies']:6.1%}  {vs:>28s}")
+        for name in ("layout", "detail"):
+            if f"{name}_vs_scratch" in r:
+                d, se = r[f"{name}_vs_scratch"]
+                vs += f"  {d:+7.2f} +- {se:5.2f} {verdict_word(d, se):>4s}"
+        print(f"{r['folder']:11s} {r['method']:11s} {r['minutes']:3d} {r['steps']:5d} "
+              f"{r['layout']:6.2f} +- {r['layout_se']:5.2f} {r['detail']:6.2f} +- {r['detail_se']:5.2f} "
+              f"{r['swd']:5.1f} {r['near_copies']:6.1%}{vs}")
     return 0
 
 

@@ -154,7 +154,7 @@ def main(argv=None):
     a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     a.add_argument("--folder", choices=list(FOLDERS), required=True)
     a.add_argument("--method", choices=list(METHODS), required=True)
-    a.add_argument("--store", default="/work/study-runs")
+    a.add_argument("--store", default=str(ROOT / "runs" / "own_folder"), help="where the trained snapshots go (runs/ is not committed)")
     a.add_argument("--evaluate", action="store_true")
     a.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
     args = a.parse_args(argv)

@@ -234,10 +234,12 @@ def graph_flops(graph) -> tuple[int, dict]:
 
 
 def forward_flops(model) -> tuple[int, dict]:
-    """FLOPs of one forward pass over one image, ``model([x (1, H, W, C), t (1,)])``."""
+    """FLOPs of one forward pass over one image, ``model([x (1, H, W, C), t (1,)])`` (plus zero
+    augmentation labels for a U-Net that takes them: ``unet.network_inputs``)."""
     import tensorflow as tf
+    from .unet import network_inputs
     _, h, w, c = model.input_shape[0]
-    fn = tf.function(lambda x, t: model([x, t], training=False))
+    fn = tf.function(lambda x, t: model(network_inputs(model, x, t), training=False))
     concrete = fn.get_concrete_function(tf.TensorSpec([1, h, w, c], tf.float32),
                                         tf.TensorSpec([1], tf.int32))
     return graph_flops(concrete.graph)

@@ -200,3 +200,16 @@ def test_fma_peak_from_flags_and_clock():
             mock.patch("ddpm_lessons.profiles.cpu_flags", return_value={"avx2", "fma", "avx512f"}):
         held = fma_peak(ghz=2.8, cores=2)
     assert held["flop_per_cycle"] == 32 and held["gflops"] == pytest.approx(179.2) and "AVX2" in held["held_to"]
+
+
+def test_forward_flops_counts_a_unet_with_the_augmentation_input():
+    """Lesson 10's 64-px cell counts the FLOPs of the fine-tuned general prior's U-Net, which takes a
+    third input (the augmentation labels, zeros when sampling): the count is the plain U-Net's plus its
+    one small dense layer (2 x augment_dim x 4 width multiply-adds per image)."""
+    from ddpm_lessons.bench import forward_flops
+    from ddpm_lessons.profiles import PROFILES
+    from ddpm_lessons.unet import build_unet
+    tiny = PROFILES["tiny"]
+    plain, _ = forward_flops(build_unet(tiny))
+    told, _ = forward_flops(build_unet(tiny, augment_dim=5))
+    assert plain < told <= plain + 2 * 5 * 4 * tiny.base_width + 64

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import ddpm_lessons  # noqa: E402,F401  (oneDNN switch before TensorFlow loads)
 import tensorflow as tf  # noqa: E402
 
-from ddpm_lessons.bench import fma_peak  # noqa: E402
+from ddpm_lessons.bench import best_time, fma_peak  # noqa: E402
 
 # (B, r, c_in, c_out): the cpu profile's levels (widths 32, 64, 96, 128 at 32, 16, 8, 4 px) and two
 # of the up path's convolutions on a concatenated skip (c_in = this level + the skip's channels).
@@ -75,13 +74,8 @@ def variants(b, r, cin, cout):
 
 
 def best_of(fn, args, calls):
-    best = 1e9
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        out = fn(*args)
-        float(tf.reduce_sum(out[0]))
-        best = min(best, time.perf_counter() - t0)
-    return best
+    """Best of ``calls`` calls (``bench.best_time``), each waited for."""
+    return best_time(lambda: float(tf.reduce_sum(fn(*args)[0])), repeats=calls, warmup=0)
 
 
 def study(rounds=5, calls=5, log=print):

@@ -39,9 +39,10 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 FOLDERS = {"photos-100": "tuxpaint-photos-100", "photos-300": "tuxpaint-photos-300",
-           "twemoji-300": "twemoji-things:300", "animals": "tuxpaint-animals"}
+           "twemoji-300": "twemoji-things:300", "animals": "tuxpaint-animals",
+           "portraits": "emoji-portraits"}     # the leak demonstration: a turned face is easy to see
 REFERENCE = {"photos-100": "tuxpaint-photos", "photos-300": "tuxpaint-photos", "twemoji-300": "twemoji-things",
-             "animals": "tuxpaint-animals"}
+             "animals": "tuxpaint-animals", "portraits": "emoji-portraits"}
 AUGMENT_P = 0.2
 METHODS = {   # init, augmentation p, the network told the transforms, learning rate (None: the profile's)
     "scratch": dict(init="", augment_p=0.0, told=False, learning_rate=None),        # today's default
@@ -50,6 +51,10 @@ METHODS = {   # init, augmentation p, the network told the transforms, learning 
     "told": dict(init="", augment_p=0.5, told=True, learning_rate=None),             # ... and prevented
     "general": dict(init="general", augment_p=0.0, told=True, learning_rate=None),
     "general-aug": dict(init="general", augment_p=AUGMENT_P, told=True, learning_rate=None),
+    # The leak on a network that already draws faces (the emoji reference), fine-tuned on the portraits
+    # with heavy augmentation: not told (the transforms are part of "the data") and told.
+    "leak-ref": dict(init="reference", augment_p=0.5, told=False, learning_rate=None),
+    "told-ref": dict(init="reference", augment_p=0.5, told=True, learning_rate=None),
 }
 SECONDS_PER_STEP = 21.0 * 60 / 1800     # lesson 09's stored cpu run (float32, 2-core Intel Xeon, alone)
 BUDGETS = (2, 5, 10)                    # training minutes
@@ -76,11 +81,27 @@ def settings_for(method: str):
     return profile.replace(learning_rate=m["learning_rate"]) if m["learning_rate"] else profile
 
 
+def load_start(model, init: str, settings):
+    """The shipped network ``init`` into ``model``; a network shipped without the augmentation input
+    (the reference) goes into one with it by weight path, its new augmentation Dense left as built
+    (it adds nothing for unaugmented pictures: the labels are zeros)."""
+    from ddpm_lessons.training import load_shipped_weights, shipped_settings
+    from ddpm_lessons.unet import augment_dim, build_unet
+    if shipped_settings(init).get("augment_dim", 0) == augment_dim(model):
+        return load_shipped_weights(model, init, settings.prediction)
+    source = load_shipped_weights(build_unet(settings.replace(augment_dim=0)), init, settings.prediction)
+    values = {w.path: w for w in source.weights}
+    for w in model.weights:
+        if w.path in values:
+            w.assign(values[w.path])
+    return model
+
+
 def train(folder: str, method: str, store: Path, budgets=BUDGETS):
     import keras
     from ddpm_lessons.data import make_dataset
     from ddpm_lessons.schedule import NoiseSchedule
-    from ddpm_lessons.training import Trainer, TrainConfig, load_shipped_weights, save_compact_weights
+    from ddpm_lessons.training import Trainer, TrainConfig, save_compact_weights
     from ddpm_lessons.unet import build_unet
     settings = settings_for(method)
     images = read_folder(FOLDERS[folder], settings.image_size)
@@ -90,8 +111,8 @@ def train(folder: str, method: str, store: Path, budgets=BUDGETS):
     schedule = NoiseSchedule.from_kind(settings.schedule, settings.timesteps)
     trainer = Trainer(build_unet(settings), schedule, TrainConfig.from_profile(settings))
     if METHODS[method]["init"]:
-        load_shipped_weights(trainer.model, METHODS[method]["init"], settings.prediction)
-        load_shipped_weights(trainer.ema_model, METHODS[method]["init"])
+        load_start(trainer.model, METHODS[method]["init"], settings)
+        load_start(trainer.ema_model, METHODS[method]["init"], settings)
     ds = make_dataset(images, min(settings.batch_size, len(images)), seed=0)
     log = {"folder": folder, "method": method, "images": len(images), "settings": {
         k: getattr(settings, k) for k in ("learning_rate", "augment_p", "augment_dim", "ema_decay", "batch_size")},

@@ -36,6 +36,8 @@ def rows(results=RESULTS):
     found = load(results)
     out = []
     for key, r in found.items():
+        if r["method"] in LEAK_METHODS:        # the leak demonstration is its own table (leak_table)
+            continue
         base = found.get(f"{r['folder']}-scratch")
         for minutes, s in r["scores"].items():
             row = {"folder": r["folder"], "method": r["method"], "minutes": int(minutes),
@@ -50,6 +52,26 @@ def rows(results=RESULTS):
             out.append(row)
     order = {"scratch": 0, "scratch-aug": 1, "general": 2, "general-aug": 3, "leak": 4, "told": 5}
     return sorted(out, key=lambda x: (x["folder"], order.get(x["method"], 9), x["minutes"]))
+
+
+LEAK_METHODS = ("leak", "told", "leak-ref", "told-ref")
+
+
+def leak_table(results=RESULTS) -> list:
+    """The leak demonstration's rows (own_folder_study.py's methods leak/told, -ref: from the emoji
+    reference): method, minutes, augmentation p, told, layout and detail KID x1e3 +- SE, and the share
+    of samples counted turned by eye (``turned_by_eye`` in the JSON, when counted)."""
+    out = []
+    for r in load(results).values():
+        if r["method"] not in LEAK_METHODS:
+            continue
+        for minutes, s in r["scores"].items():
+            out.append({"folder": r["folder"], "method": r["method"], "minutes": int(minutes),
+                        "augment_p": r["settings"]["augment_p"], "told": bool(r["settings"]["augment_dim"]),
+                        "layout": s["layout"]["kid_x1e3"], "layout_se": s["layout"]["se_x1e3"],
+                        "detail": s["detail"]["kid_x1e3"], "detail_se": s["detail"]["se_x1e3"],
+                        "turned_by_eye": r.get("turned_by_eye", {}).get(minutes)})
+    return sorted(out, key=lambda x: (x["method"].endswith("-ref"), x["method"], x["minutes"]))
 
 
 def verdict_word(diff, se):
@@ -72,6 +94,14 @@ def main():
         print(f"{r['folder']:11s} {r['method']:11s} {r['minutes']:3d} {r['steps']:5d} "
               f"{r['layout']:6.2f} +- {r['layout_se']:5.2f} {r['detail']:6.2f} +- {r['detail_se']:5.2f} "
               f"{r['swd']:5.1f} {r['near_copies']:6.1%}{vs}")
+    leak = leak_table()
+    if leak:
+        print("\nthe leak: augmentation with p per transform, the network told the transforms or not")
+        for r in leak:
+            eye = "" if r["turned_by_eye"] is None else f"  turned by eye {r['turned_by_eye']}"
+            print(f"{r['folder']:11s} {r['method']:9s} {r['minutes']:3d} min  p {r['augment_p']:.1f}  "
+                  f"told {'yes' if r['told'] else 'no ':3s}  layout {r['layout']:6.2f} +- {r['layout_se']:5.2f}  "
+                  f"detail {r['detail']:6.2f} +- {r['detail_se']:5.2f}{eye}")
     return 0
 
 

@@ -402,6 +402,7 @@ def step_part(event_name: str) -> str | None:
     if not re.fullmatch(r"[\w./-]+:\w+", event_name):   # not an op: "ExecutorState::Process",
         return None                                  # "EagerLocalExecute: __inference_...", "ParallelFor"
     path, op_type = event_name.rsplit(":", 1)
+    path = re.sub(r"^(cond(_\d+)?/(then|else)/_\d+/cond(_\d+)?/)+", "", path)   # inside the step's tf.cond
     head = path.split("/")[0]
     if head.startswith("ema_update"):
         return "EMA update"

@@ -431,7 +431,13 @@ def load_ema_model(run):
         raise UserError(f"the run {run} has no checkpoint yet (one is written every "
                         f"{settings.checkpoint_every} steps); train it longer first (make train)")
     ema = build_unet(settings, name="ema_unet")
-    tf.train.Checkpoint(ema_model=ema).restore(latest).expect_partial()
+    status = tf.train.Checkpoint(ema_model=ema).restore(latest).expect_partial()   # the rest: optimizer, raw model
+    try:
+        status.assert_existing_objects_matched()           # but every EMA weight must be in the checkpoint
+    except AssertionError as e:
+        raise UserError(f"the checkpoint {Path(latest).name} of {run} does not hold every weight of the network its "
+                        f"settings.json describes ({str(e).splitlines()[0][:160]}): it was written by another "
+                        "network; train the run again (make train FRESH=1)") from None
     return ema, NoiseSchedule.from_kind(settings.schedule, settings.timesteps), saved, Path(latest).name
 
 

@@ -34,7 +34,8 @@ import tensorflow as tf
 
 from .profiles import network_evaluations  # noqa: F401  (re-exported: samplers' cost)
 from .blocks import null_labels
-from .forward import eps_from_v, extract, predict_x0_from_eps, q_posterior_mean_variance
+from .diffusion import Diffusion, check_target
+from .forward import extract, predict_x0_from_eps, q_posterior_mean_variance
 from .schedule import NoiseSchedule
 from .unet import label_classes, network_inputs
 
@@ -166,11 +167,12 @@ def _abar(schedule: NoiseSchedule, dtype=tf.float32):
 # passed on: DPM-Solver++'s previous x0_hat), ``extra`` (a per-step vector: Heun's churned times).
 
 class _Context:
-    def __init__(self, eps_fn, schedule, x, seed, clip_x0, carry, extra):
+    def __init__(self, eps_fn, schedule, x, seed, clip_x0, carry, extra, diffusion=None):
         self.abar = _abar(schedule, x.dtype)
         self.batch, self.rank = tf.shape(x)[0], len(x.shape)
         self.eps_fn, self.schedule, self.seed, self.clip_x0 = eps_fn, schedule, seed, clip_x0
         self.carry, self.extra = carry, extra
+        self.diffusion = diffusion or Diffusion(schedule, "eps")
 
     def gather(self, t):
         """abar_t for a scalar timestep (END -> 1), shaped (1, 1, ..., 1)."""
@@ -181,21 +183,39 @@ class _Context:
         return tf.fill([self.batch], t)
 
     def denoise(self, x, t):
-        """(eps, x0_hat) at scalar timestep t; with a clipped x0_hat, eps is the one it implies."""
-        eps = tf.cast(self.eps_fn(x, self.times(t)), x.dtype)
-        x0_hat, eps = x0_and_eps(x, self.gather(t), eps, self.clip_x0)
+        """(eps, x0_hat) at scalar timestep t from ``predict`` (``Diffusion.predict``: a v-network's x0 is
+        read off v, not divided out of eps); with a clipped x0_hat, eps is the one it implies."""
+        eps, x0_hat = predict(self.eps_fn, x, self.times(t), self.diffusion)
+        if self.clip_x0 is not None:
+            a = self.gather(t)
+            x0_hat = clip(x0_hat, self.clip_x0)
+            eps = (x - tf.sqrt(a) * x0_hat) / tf.sqrt(1.0 - a)
         return eps, x0_hat
 
     def noise(self, x, t):
         return tf.random.stateless_normal(tf.shape(x), seed=_noise_seed(self.seed, t), dtype=x.dtype)
 
 
+def predict(eps_fn, x, t, diffusion):
+    """(eps, x0_hat) of the network behind ``eps_fn`` at (x, t (B,)): ``eps_fn.predict_eps_x0`` when it has one
+    (``model_eps_fn``: the network's own target through ``Diffusion.predict``), else eps_fn's noise
+    through ``diffusion`` (an eps ``Diffusion``)."""
+    if getattr(eps_fn, "predict_eps_x0", None) is not None:
+        return eps_fn.predict_eps_x0(x, t)
+    return diffusion.predict(eps_fn(x, t), x, t)
+
+
 def ddpm_loop_step(variance="posterior"):
     """Algorithm 2 (all T steps): grid[i + 1] = grid[i] - 1."""
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}")
+
     def step(x, i, grid, ctx):
         t = grid[i]
-        eps = tf.cast(ctx.eps_fn(x, ctx.times(t)), x.dtype)
-        mean, var, x0_hat = p_mean_variance(x, ctx.times(t), eps, ctx.schedule, ctx.clip_x0, variance)
+        _, x0_hat = ctx.denoise(x, t)
+        mean, var, _ = q_posterior_mean_variance(x0_hat, x, ctx.times(t), ctx.schedule)
+        if variance == "beta":
+            var = extract(ctx.schedule.betas, ctx.times(t), x.shape, x.dtype)
         last = tf.cast(tf.equal(t, 0), x.dtype)
         return mean + (1.0 - last) * tf.sqrt(var) * ctx.noise(x, t), x0_hat, ctx.carry
     return step
@@ -230,23 +250,27 @@ def ddim_step(x_t, t, s, eps, schedule: NoiseSchedule, eta=0.0, noise=None, clip
     a_t = tf.reshape(tf.gather(abar, tf.cast(t, tf.int32)), shape)
     a_s = tf.reshape(tf.gather(abar, tf.math.floormod(tf.cast(s, tf.int32), schedule.T + 1)), shape)
     x0_hat, eps = x0_and_eps(x_t, a_t, eps, clip_x0)
+    return ddim_update(x0_hat, eps, a_t, a_s, eta, noise), x0_hat
+
+
+def ddim_update(x0_hat, eps, a_t, a_s, eta=0.0, noise=None):
+    """Song et al. eq. 12 from (x0_hat, eps) at abar_t ``a_t`` to abar_s ``a_s`` (broadcastable):
+    sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps + sigma z, sigma from eq. 16 (0 when eta = 0)."""
     sigma = 0.0 if (not tf.is_tensor(eta) and eta == 0) else \
         eta * tf.sqrt((1.0 - a_s) / (1.0 - a_t)) * tf.sqrt(1.0 - a_t / a_s)
     x_s = tf.sqrt(a_s) * x0_hat + tf.sqrt(tf.maximum(1.0 - a_s - sigma ** 2, 0.0)) * eps
     if noise is not None:
-        x_s = x_s + sigma * tf.cast(noise, x_t.dtype)
-    return x_s, x0_hat
+        x_s = x_s + sigma * tf.cast(noise, x0_hat.dtype)
+    return x_s
 
 
 def ddim_loop_step(eta=0.0):
     """DDIM (eq. 12) from grid[i] to grid[i + 1]; fresh noise only when eta > 0."""
     def step(x, i, grid, ctx):
         t, s = grid[i], grid[i + 1]
-        eps = tf.cast(ctx.eps_fn(x, ctx.times(t)), x.dtype)
+        eps, x0_hat = ctx.denoise(x, t)
         z = ctx.noise(x, t) if eta > 0 else None
-        x_s, x0_hat = ddim_step(x, ctx.times(t), ctx.times(s), eps, ctx.schedule, eta=eta, noise=z,
-                                clip_x0=ctx.clip_x0)
-        return x_s, x0_hat, ctx.carry
+        return ddim_update(x0_hat, eps, ctx.gather(t), ctx.gather(s), eta, z), x0_hat, ctx.carry
     return step
 
 
@@ -367,6 +391,8 @@ def make_loop(eps_fn, schedule: NoiseSchedule, step, key, clip_x0=None, keep_tra
     if loops is not None and full_key in loops and loops[full_key][0] is schedule:
         return loops[full_key][1]
 
+    diffusion = Diffusion(schedule, "eps")        # turns a plain eps_fn's noise into x0 (tables cast once)
+
     @tf.function(reduce_retracing=True, autograph=False)   # plain TF: tf.while_loop and tf.cond are explicit
     def run(x, grid, extra, seed):
         k = tf.shape(grid)[0] - 1
@@ -375,7 +401,7 @@ def make_loop(eps_fn, schedule: NoiseSchedule, step, key, clip_x0=None, keep_tra
         x0s = tf.TensorArray(x.dtype, size=size, dynamic_size=False)
 
         def body(i, x, carry, xs, x0s):
-            ctx = _Context(eps_fn, schedule, x, seed, clip_x0, carry, extra)
+            ctx = _Context(eps_fn, schedule, x, seed, clip_x0, carry, extra, diffusion)
             x_next, x0_hat, carry = step(x, i, grid, ctx)
             if keep_trajectory:
                 xs, x0s = xs.write(i, x), x0s.write(i, x0_hat)
@@ -437,7 +463,7 @@ def ddpm_sample(eps_fn, shape, schedule: NoiseSchedule, seed=0, clip_x0=None,
     T = schedule.T
     run = make_loop(eps_fn, schedule, ddpm_loop_step(variance), ("ddpm", variance), clip_x0=clip_x0,
                     rank=len(shape))
-    x = initial_noise(shape, int(seed), T, dtype)
+    x = initial_noise(shape, int(seed), T, dtype)     # x_T = z itself (Algorithm 2); the others scale z
     stops = sorted({int(s) for s in (return_trajectory or [])} | {0}, reverse=True)
     if stops[0] > T or stops[-1] < 0:
         raise ValueError(f"trajectory steps must lie in [0, {T}], got {return_trajectory}")
@@ -462,7 +488,8 @@ def ddim_sample(eps_fn, shape, schedule: NoiseSchedule, num_steps=50, eta=0.0, s
 
     eta = 0 is deterministic given x_T; eta = 1 is ancestral sampling on the respaced schedule.
     x_T: optional starting point (e.g. from ``ddim_invert``) at the grid's first timestep; else
-    sqrt(1 - abar) z with z from ``seed``, the same z for every sampler. spacing, sigma_max: see
+    sqrt(1 - abar) z with z from ``seed`` (the z that ``ddpm_sample`` starts from unscaled, as Algorithm 2
+    draws x_T ~ N(0, I); on the cosine schedule sqrt(1 - abar_{T-1}) = 1 - 1e-9). spacing, sigma_max: see
     ``timestep_grid``. Returns x_0 as NumPy (B, ...); with ``return_trajectory`` also
     (taus, x_t (K, B, ...), x0_hat (K, B, ...)) before each step.
     """
@@ -523,7 +550,8 @@ def ddim_invert(eps_fn, x0, schedule: NoiseSchedule, num_steps=50, spacing="unif
 
 def sample(eps_fn, shape, schedule: NoiseSchedule, sampler="ddim", steps=50, eta=1.0, seed=0,
            clip_x0=None, spacing="uniform", sigma_max=None, churn=0.0):
-    """x_0 (NumPy, ``shape``) from any sampler of this module, from the same z for the same seed.
+    """x_0 (NumPy, ``shape``) from any sampler of this module, from the same z for the same seed
+    ("ddpm" starts at z itself, the others at sqrt(1 - abar) z on their first timestep).
 
     "ddpm": Algorithm 2, all T steps (``steps``, spacing, sigma_max ignored); "ddim": ``steps`` DDIM
     steps with noise ``eta`` (eta = 1: ancestral sampling on the respaced schedule); "dpm++2m":
@@ -544,38 +572,49 @@ def sample(eps_fn, shape, schedule: NoiseSchedule, sampler="ddim", steps=50, eta
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
 
 
+def _eps_fn_of(output_fn, schedule, prediction):
+    """``eps_fn(x, t)`` from a network's raw ``output_fn(x, t)``: for "eps" the output itself; for "v"
+    the noise it implies, and ``eps_fn.predict_eps_x0(x, t) -> (eps, x0)`` through ``Diffusion.predict``, which
+    the samplers use (x0 = sqrt(abar) x_t - sqrt(1 - abar) v: read off v, not divided out of eps)."""
+    if prediction == "eps":
+        fn = lambda x, t: output_fn(x, t)
+        fn.predict_eps_x0 = None                       # the sampler's own eps Diffusion turns eps into x0
+        return fn
+    diffusion = Diffusion(schedule, prediction)
+    fn = lambda x, t: diffusion.predict(output_fn(x, t), x, t)[0]
+    fn.predict_eps_x0 = lambda x, t: diffusion.predict(output_fn(x, t), x, t)
+    return fn
+
+
 def model_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str = "eps"):
     """``eps_fn(x, t)`` for a Keras U-Net: its output for ``prediction="eps"``, or for a v-prediction
-    network (lesson 12) eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v (needs ``schedule``).
+    network (lesson 12) eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v (needs ``schedule``), with
+    ``eps_fn.predict_eps_x0`` giving the samplers (eps, x0) straight from v (``Diffusion.predict``).
     The function is kept on the model, so the same model gives the same function object and
     compiled sampling loops are reused, not traced again; both go away with the model."""
-    if prediction not in ("eps", "v"):
-        raise ValueError(f"unknown prediction {prediction!r}; choose 'eps' or 'v'")
+    check_target(prediction)
     if prediction == "v" and schedule is None:
         raise ValueError("a v-prediction model needs the schedule to turn v into eps")
     key = (prediction, id(schedule) if prediction == "v" else None)
     fns = model.__dict__.setdefault("_ddpm_eps_fns", {})
     if key not in fns:
-        if prediction == "eps":
-            fn = lambda x, t: tf.cast(model(network_inputs(model, x, t), training=False), x.dtype)
-        else:
-            fn = lambda x, t: eps_from_v(x, t, tf.cast(model(network_inputs(model, x, t), training=False), x.dtype),
-                                         schedule)
-        fns[key] = fn
+        fns[key] = _eps_fn_of(lambda x, t: tf.cast(model(network_inputs(model, x, t), training=False), x.dtype),
+                              schedule, prediction)
     return fns[key]
 
 
 def guided_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str = "eps"):
     """``eps_fn(x, t)`` for a conditional U-Net with classifier-free guidance (Ho & Salimans 2022):
 
-        eps = eps_uncond + w (eps_cond - eps_uncond)
+        out = out_uncond + w (out_cond - out_uncond)     (eps or v: both are linear in it)
 
     w = 0 is the unconditional model, w = 1 the conditional one, w > 1 pushes further towards the
     labels. Both halves come from one forward pass on the doubled batch [x, x], [t, t],
     [labels, "no label"]. The labels (B, K) and w live in ``fn.labels`` and ``fn.guidance``
     (tf.Variables, set before each batch), so one compiled sampling loop serves every batch and w."""
-    if prediction not in ("eps", "v"):
-        raise ValueError(f"unknown prediction {prediction!r}; choose 'eps' or 'v'")
+    check_target(prediction)
+    if prediction == "v" and schedule is None:
+        raise ValueError("a v-prediction model needs the schedule to turn v into eps")
     num_classes = label_classes(model)
     key = ("guided", prediction, id(schedule) if prediction == "v" else None)
     fns = model.__dict__.setdefault("_ddpm_eps_fns", {})
@@ -584,16 +623,15 @@ def guided_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str 
                              trainable=False)
         guidance = tf.Variable(1.0, trainable=False)
 
-        def fn(x, t):
+        def guided_output(x, t):
             b = tf.shape(x)[0]
             null = tf.broadcast_to(tf.constant(num_classes, tf.int32), tf.shape(labels))
             xx, tt = tf.concat([x, x], 0), tf.concat([t, t], 0)
             out = tf.cast(model(network_inputs(model, xx, tt, tf.concat([labels, null], 0)), training=False), x.dtype)
-            if prediction == "v":
-                out = eps_from_v(xx, tt, out, schedule)
             cond, uncond = out[:b], out[b:]
             return uncond + tf.cast(guidance, x.dtype) * (cond - uncond)
 
+        fn = _eps_fn_of(guided_output, schedule, prediction)
         fn.labels, fn.guidance = labels, guidance
         fns[key] = fn
     return fns[key]

@@ -22,10 +22,11 @@ the end of ``fit``, while we want to sample from the average *during* training a
 The warm-up of the decay (as in ``tf.train.ExponentialMovingAverage(num_updates=...)``) keeps the
 early average from being dominated by the random initial weights.
 
-``Trainer`` owns model, EMA model, optimizer, step counter and random-number state, checkpoints
-them all with ``tf.train.CheckpointManager``, and resumes exactly where it stopped. A NaN or Inf
-loss stops training with the step number and a hint, before anything is saved, so the last
-good checkpoint stays intact. This module imports neither matplotlib nor ipywidgets.
+``Trainer`` owns model, EMA model, optimizer, step counter, random-number state and the data
+iterator, checkpoints them all with ``tf.train.CheckpointManager``, and resumes exactly where it
+stopped. A step whose loss is NaN or Inf is not taken (no update, no EMA, no count), and training
+stops with the step number and a hint before anything is saved, so the last good checkpoint stays
+intact. This module imports neither matplotlib nor ipywidgets.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from .profiles import resolve_compile
-from .forward import q_sample, velocity
+from .diffusion import LOSS_WEIGHTINGS, PREDICTIONS, Diffusion, check_target  # noqa: F401 (re-exported)
 from .runs import locked_by_another
 from .schedule import NoiseSchedule
 from .augment import augment_labels, apply_augmentations, draw_augmentations
@@ -85,20 +86,6 @@ class TrainConfig:
         return cls(**{**{k: getattr(profile, k) for k in keys}, **jit, **changes})
 
 
-PREDICTIONS = ("eps", "v")
-LOSS_WEIGHTINGS = ("none", "min-snr")
-
-
-def check_target(prediction, loss_weighting="none", snr_gamma=5.0):
-    """Raise ValueError naming the knob and its allowed values for an unknown target or weighting."""
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction = {prediction!r} must be 'eps' or 'v'")
-    if loss_weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(f"loss_weighting = {loss_weighting!r} must be 'none' or 'min-snr'")
-    if not (isinstance(snr_gamma, numbers.Real) and snr_gamma > 0):     # False for NaN too
-        raise ValueError(f"snr_gamma = {snr_gamma!r} must be a positive number, e.g. 5.0")
-
-
 def loss_weight(t, schedule: NoiseSchedule, prediction="eps", loss_weighting="none", snr_gamma=5.0):
     """Per-example loss weight w(t), (B,) float32, for a batch of timesteps t (B,).
 
@@ -107,17 +94,7 @@ def loss_weight(t, schedule: NoiseSchedule, prediction="eps", loss_weighting="no
     Either way w ||target - prediction||^2 = min(SNR_t, gamma) ||x0 - x0_hat||^2, because
     ||eps - eps_hat||^2 = SNR_t ||x0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR_t + 1) ||x0 - x0_hat||^2.
     """
-    check_target(prediction, loss_weighting, snr_gamma)
-    t = tf.cast(t, tf.int32)
-    if loss_weighting == "none":
-        return tf.ones(tf.shape(t), tf.float32)
-    snr = schedule.snr()
-    if prediction == "eps":
-        with np.errstate(divide="ignore"):
-            table = np.minimum(1.0, snr_gamma / snr)     # = min(SNR, gamma) / SNR, and 1 at SNR = 0
-    else:
-        table = np.minimum(snr, snr_gamma) / (snr + 1.0)
-    return tf.gather(tf.constant(table, tf.float32), t)
+    return tf.gather(Diffusion(schedule, prediction, loss_weighting, snr_gamma).table("weight"), tf.cast(t, tf.int32))
 
 
 @keras.saving.register_keras_serializable(package="ddpm_lessons")
@@ -151,21 +128,28 @@ def save_compact_weights(model: keras.Model, path) -> Path:
 
 
 def load_compact_weights(model: keras.Model, path) -> keras.Model:
-    """Load weights saved by ``save_compact_weights`` into ``model`` (cast back to its float32 variables);
-    a model of another shape is refused with the first weight that does not fit."""
+    """Load weights saved by ``save_compact_weights`` into ``model`` (cast back to its float32 variables),
+    each by its stored path (not by position: two kernels of equal shape cannot swap). A file whose
+    paths or shapes differ from the model's is refused, naming the first weight that does not fit."""
     path = Path(path)
     with np.load(path) as data:
         paths = [str(p) for p in data["paths"]]
-        if len(paths) != len(model.weights):
-            raise ValueError(f"{path.name} holds {len(paths)} weights, the model has {len(model.weights)}: "
-                             "it was saved from another network")
-        values = [data[f"w{i}"] for i in range(len(paths))]
-    for w, value, saved in zip(model.weights, values, paths):
-        if tuple(value.shape) != tuple(w.shape):
-            raise ValueError(f"{path.name}: the weight {saved} has shape {value.shape}, the model's {w.path} "
+        stored = {p: data[f"w{i}"] for i, p in enumerate(paths)}
+    mine = [w.path for w in model.weights]
+    if len(set(mine)) != len(mine) or len(stored) != len(paths):
+        raise ValueError(f"{path.name}: weight paths repeat, so they cannot be matched by name")
+    missing, extra = [p for p in mine if p not in stored], [p for p in paths if p not in set(mine)]
+    if missing or extra:
+        raise ValueError(f"{path.name} holds {len(paths)} weights, the model has {len(mine)}; "
+                         + (f"the file has {extra[0]!r}, which the model has not" if extra else
+                            f"the model's {missing[0]!r} is not in the file")
+                         + ": it was saved from another network")
+    for w in model.weights:
+        if tuple(stored[w.path].shape) != tuple(w.shape):
+            raise ValueError(f"{path.name}: the weight {w.path} has shape {stored[w.path].shape}, the model's "
                              f"has {tuple(w.shape)}: it was saved from another network")
-    for w, value in zip(model.weights, values):
-        w.assign(value.astype(np.float32))
+    for w in model.weights:
+        w.assign(stored[w.path].astype(np.float32))
     return model
 
 
@@ -263,6 +247,7 @@ class Trainer:
         self.model, self.schedule, self.strategy = model, schedule, strategy
         self.config = replace(config) if config else TrainConfig()   # a copy: jit is resolved below
         c = self.config
+        self.diffusion = Diffusion(schedule, c.prediction, c.loss_weighting, c.snr_gamma)
         self.num_classes = label_classes(model)
         self.augment_dim = augment_dim(model)    # 0: the network is not told the transforms (they leak)
         self.mixed_precision = model.dtype_policy.compute_dtype == "float16"
@@ -282,6 +267,13 @@ class Trainer:
             # step, which then gets traced twice (measured: 48 s instead of 23 s for a 4M U-Net).
             self.optimizer.build(model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            # What the loop reports, kept on the device and read every log_every steps (no round trip
+            # per step): loss sum and count of the steps taken, loss per timestep bucket, and the
+            # first step whose loss (or, outside float16, gradient) was not finite (-1: none).
+            self._stats = {k: tf.Variable(v, trainable=False, name=f"stats_{k}") for k, v in (
+                ("loss_sum", 0.0), ("steps", tf.constant(0, tf.int64)),
+                ("bucket_sum", tf.zeros([c.loss_buckets])), ("bucket_count", tf.zeros([c.loss_buckets])),
+                ("bad_step", tf.constant(-1, tf.int64)), ("bad_loss", 0.0))}
         self.rng = tf.random.Generator.from_seed(c.seed)
         self.history = {"step": [], "loss": [], "seconds": []}
         self.bucket_sum = np.zeros(c.loss_buckets)
@@ -304,6 +296,9 @@ class Trainer:
         self._compiled_step = tf.function(self._train_step if strategy is None else self._distributed_step,
                                           jit_compile=c.jit_compile and strategy is None, reduce_retracing=True)
         self._elapsed = 0.0
+        self._batches = self._batches_of = None      # the data iterator fit() walks, kept between calls
+        self._restored_from = None                   # the checkpoint restore() loaded (fit restores its iterator)
+        self._drawn = 0                              # batches drawn from it (a skipped float16 step draws one too)
 
     # ------------------------------------------------------------------ the step
     def drop_labels(self, labels):
@@ -319,11 +314,7 @@ class Trainer:
 
     def _noised(self, x0, t, noise):
         """(x_t, the target, the per-example loss weight) of images x0 at timesteps t with ``noise``."""
-        c = self.config
-        x_t = q_sample(x0, t, noise, self.schedule)
-        target = noise if c.prediction == "eps" else velocity(x0, noise, t, self.schedule)
-        weight = tf.cast(loss_weight(t, self.schedule, c.prediction, c.loss_weighting, c.snr_gamma), x0.dtype)
-        return x_t, target, weight
+        return self.diffusion.noised(x0, t, noise)
 
     def _train_step(self, x0, labels=None):
         """Algorithm 1 on one batch; returns (mean loss, weighted per-example loss (B,), t (B,)).
@@ -342,9 +333,45 @@ class Trainer:
                 loss = tf.reduce_mean(per_example)
                 scaled = self.optimizer.scale_loss(loss) if self.mixed_precision else loss
         grads = tape.gradient(scaled, self.model.trainable_variables)
-        self.optimizer.apply(grads, self.model.trainable_variables)
-        self._ema_update_and_count()
+        took = self._apply_if_finite(loss, grads)
+        self._count(took, loss, per_example, t, grads)
         return loss, per_example, t
+
+    def _apply_if_finite(self, loss, grads):
+        """Apply ``grads`` only when the loss is finite (and, outside float16, the gradients too) and no
+        earlier step went bad; then the EMA and the step counter. Returns whether the step was taken.
+        In float16 the ``LossScaleOptimizer`` itself skips gradients that overflowed (and halves the
+        scale): such a step is not taken either, so ``step`` stays equal to ``optimizer.iterations``."""
+        healthy = tf.logical_and(tf.math.is_finite(loss), self._stats["bad_step"] < 0)
+        grads_ok = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        took = tf.logical_and(healthy, grads_ok)
+
+        def apply():
+            self.optimizer.apply(grads, self.model.trainable_variables)
+            return tf.constant(True)
+
+        tf.cond(healthy if self.mixed_precision else took, apply, lambda: tf.constant(False))
+        tf.cond(took, self._ema_update_and_count, lambda: tf.constant(False))
+        return took
+
+    def _count(self, took, loss, per_example, t, grads=()):
+        """Add one step to the device statistics (``_stats``): its loss and per-timestep-bucket losses if
+        it was taken, and its number if it is the first whose loss (or float32 gradient) is not finite."""
+        s, buckets = self._stats, self.config.loss_buckets
+        per_example = tf.cast(per_example, tf.float32)
+        s["loss_sum"].assign_add(tf.where(took, tf.cast(loss, tf.float32), 0.0))
+        s["steps"].assign_add(tf.cast(took, tf.int64))
+        which = tf.cast(t, tf.int32) * buckets // self.schedule.T
+        keep = tf.cast(took, tf.float32)
+        s["bucket_sum"].assign_add(tf.math.unsorted_segment_sum(
+            tf.where(took, per_example, tf.zeros_like(per_example)), which, buckets))
+        s["bucket_count"].assign_add(tf.math.unsorted_segment_sum(keep * tf.ones_like(per_example), which, buckets))
+        bad = tf.logical_not(tf.math.is_finite(loss))
+        if not self.mixed_precision and grads:
+            bad = tf.logical_or(bad, tf.logical_not(tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])))
+        first = tf.logical_and(bad, s["bad_step"] < 0)
+        s["bad_step"].assign(tf.where(first, self.step + 1, s["bad_step"]))
+        s["bad_loss"].assign(tf.where(first, tf.cast(loss, tf.float32), s["bad_loss"]))
 
     def _augmented(self, x0, seed, total, start, b):
         """(x0 augmented, its augmentation labels or None) with ``config.augment_p`` (augment.py): the
@@ -367,6 +394,7 @@ class Trainer:
             for ema_w, w in zip(self.ema_model.trainable_variables, self.model.trainable_variables):
                 ema_w.assign(decay * ema_w + (1.0 - decay) * w)
         self.step.assign_add(1)
+        return tf.constant(True)
 
     # ------------------------------------------------------------------ the step on several devices
     def _distributed_step(self, x0, labels=None):
@@ -375,9 +403,14 @@ class Trainer:
         Returns (mean loss over the global batch, per-example loss (B,), t (B,)), as ``_train_step``."""
         args = (x0,) if labels is None else (x0, labels)
         loss, per_example, t = self.strategy.run(self._replica_step, args=args)
-        self._ema_update_and_count()
-        return (self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-                self.strategy.gather(per_example, axis=0), self.strategy.gather(t, axis=0))
+        loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+        per_example, t = self.strategy.gather(per_example, axis=0), self.strategy.gather(t, axis=0)
+        # The replicas have applied their gradients already (Keras's apply runs in replica context);
+        # the EMA and the counter follow only a finite loss. Not yet: skipping the update itself.
+        took = tf.logical_and(tf.math.is_finite(loss), self._stats["bad_step"] < 0)
+        tf.cond(took, self._ema_update_and_count, lambda: tf.constant(False))
+        self._count(took, loss, per_example, t)
+        return loss, per_example, t
 
     def _replica_step(self, x0, labels=None):
         """Algorithm 1 on this replica's b of the global B images (B = the sum of the R parts).
@@ -439,7 +472,7 @@ class Trainer:
         Training state is left as it was: weights, EMA, optimizer, step counter and random numbers
         are put back afterwards."""
         variables = (self.model.variables + self.ema_model.variables + self.optimizer.variables
-                     + [self.step, self.rng.state])
+                     + [self.step, self.rng.state] + list(self._stats.values()))
         saved = [v.numpy() for v in variables]
         if self.strategy is not None:               # this batch, split across the replicas
             size = int((x0[0] if isinstance(x0, (tuple, list)) else x0).shape[0])
@@ -458,23 +491,35 @@ class Trainer:
         return seconds
 
     def train_step(self, batch) -> float:
-        """One compiled step on ``batch`` (images, or (images, labels) for a conditional U-Net);
-        raises ``TrainingDiverged`` on a NaN/Inf loss (nothing is saved)."""
-        loss, per_example, t = self._compiled_step(*self._split(batch))
-        loss = float(loss)
-        if not math.isfinite(loss):
-            raise TrainingDiverged(self._divergence_message(loss))
-        buckets = t.numpy().astype(np.int64) * self.config.loss_buckets // self.schedule.T
-        np.add.at(self.bucket_sum, buckets, per_example.numpy())
-        np.add.at(self.bucket_count, buckets, 1)
-        return loss
+        """One compiled step on ``batch`` (images, or (images, labels) for a conditional U-Net), its
+        loss read at once; raises ``TrainingDiverged`` on a NaN/Inf loss, and then the step was not
+        taken: weights, EMA and counter are as before it (nothing is saved). ``fit`` reads the loss
+        only every ``log_every`` steps."""
+        loss = self._compiled_step(*self._split(batch))[0]
+        self.read_statistics()
+        return float(loss)
 
-    def _divergence_message(self, loss):
-        step = int(self.step.numpy())
+    def read_statistics(self):
+        """(mean loss of the steps taken since the last read, their number), read from the device;
+        the per-timestep buckets are added to ``bucket_sum``/``bucket_count``. Raises
+        ``TrainingDiverged`` if a step's loss was not finite (that step and every later one were
+        skipped: the weights in memory are those before it)."""
+        s = {k: v.numpy() for k, v in self._stats.items()}
+        self.bucket_sum += s["bucket_sum"]
+        self.bucket_count += s["bucket_count"]
+        for k in ("loss_sum", "steps", "bucket_sum", "bucket_count"):
+            self._stats[k].assign(tf.zeros_like(self._stats[k]))
+        if s["bad_step"] >= 0:
+            raise TrainingDiverged(self._divergence_message(float(s["bad_loss"]), int(s["bad_step"])))
+        steps = int(s["steps"])
+        return (float(s["loss_sum"]) / steps if steps else float("nan")), steps
+
+    def _divergence_message(self, loss, step):
         last = self.manager.latest_checkpoint if self.manager else None
         where = (f"the last good checkpoint ({Path(last).name}) is intact: re-run to resume from it"
                  if last else "no checkpoint was written yet")
-        return (f"training stopped: the loss became {loss} at step {step}; {where}. "
+        what = f"the loss became {loss}" if not math.isfinite(loss) else f"the gradient became NaN or Inf (loss {loss:.4g})"
+        return (f"training stopped: {what} at step {step}; {where}. "
                 f"Try a lower learning_rate (now {self.config.learning_rate:g}), a gradient clip "
                 f"(grad_clip now {self.config.grad_clip}), and check the images for NaN/Inf values.")
 
@@ -482,16 +527,29 @@ class Trainer:
     def restore(self) -> int:
         """Load the latest checkpoint (and its loss history) if there is one; return the step."""
         if self.manager and self.manager.latest_checkpoint:
-            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
             path = self.checkpoint_dir / "history.json"
-            if path.exists():
-                saved = json.loads(path.read_text())
+            saved = json.loads(path.read_text()) if path.exists() else {}
+            was = saved.get("loss_scaled")
+            if was is not None and was != self.mixed_precision:
+                raise ValueError(
+                    f"the checkpoints in {self.checkpoint_dir} were trained "
+                    f"{'in float16, with a loss-scale optimizer' if was else 'without float16'}, this "
+                    f"Trainer {'computes in float16' if self.mixed_precision else 'does not'}: continue with "
+                    f"the precision it was trained with ({'float16' if was else 'float32 or bfloat16'}), or "
+                    "start a new run")
+            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            self._restored_from = self.manager.latest_checkpoint
+            for k, v in self._stats.items():
+                v.assign(-tf.ones_like(v) if k == "bad_step" else tf.zeros_like(v))
+            if saved:
                 step = int(self.step.numpy())
                 keep = [i for i, s in enumerate(saved["history"]["step"]) if s <= step]
                 self.history = {k: [v[i] for i in keep] for k, v in saved["history"].items()}
                 self.bucket_sum = np.array(saved["bucket_sum"])
                 self.bucket_count = np.array(saved["bucket_count"])
                 self._elapsed = self.history["seconds"][-1] if self.history["seconds"] else 0.0
+            self._drawn = int(saved.get("batches_drawn", self.step.numpy()))
+            self._batches = self._batches_of = None
         return int(self.step.numpy())
 
     def save(self) -> str | None:
@@ -501,6 +559,7 @@ class Trainer:
         path = self.manager.save(checkpoint_number=int(self.step.numpy()))
         state = {"history": self.history, "bucket_sum": self.bucket_sum.tolist(),
                  "bucket_count": self.bucket_count.tolist(), "config": asdict(self.config),
+                 "loss_scaled": self.mixed_precision, "batches_drawn": self._drawn,
                  "latest_checkpoint": Path(path).name}
         tmp = self.checkpoint_dir / "history.json.tmp"
         tmp.write_text(json.dumps(state))
@@ -512,10 +571,13 @@ class Trainer:
             progress_seconds: float = 10.0):
         """Train until the step counter reaches ``total_steps``; returns the loss history.
 
-        ``dataset`` yields float batches (B, H, W, C) in [-1, 1] and is repeated as needed.
-        Each callback is called as ``callback(trainer, logs)`` after every step, with
-        ``logs = {"step", "loss", "images_per_sec"}``. A checkpoint is written every
-        ``config.checkpoint_every`` steps and at the end.
+        ``dataset`` yields float batches (B, H, W, C) in [-1, 1] and is repeated as needed; a second
+        ``fit`` on the same dataset, or one after ``restore()``, continues its batches where the run
+        left them. Steps are not waited for one by one: the loss is read from the device every
+        ``log_every`` steps (and before each checkpoint), which is when a NaN loss is noticed (the step
+        where it happened and the ones after it were skipped). Each callback is called as
+        ``callback(trainer, logs)`` after every step, with ``logs = {"step", "loss"}`` (the loss last
+        read). A checkpoint is written every ``config.checkpoint_every`` steps and at the end.
 
         ``progress``: "bar" is a ``keras.utils.Progbar`` (one line that updates in place: a terminal,
         a notebook); "lines" prints a plain line at most every ``progress_seconds`` and at the end
@@ -524,7 +586,7 @@ class Trainer:
         terminal; unset: "bar"); False shows nothing. ``self.progress_mode`` says which one runs
         (``plotting.TrainingMonitor`` starts its lines on a fresh line under a bar).
         """
-        start = int(self.step.numpy())
+        step = start = int(self.step.numpy())
         if start >= total_steps:
             return self.history
         mode = progress_mode(progress)
@@ -534,36 +596,59 @@ class Trainer:
         lines = ProgressLines(total_steps, start, every=progress_seconds) if mode == "lines" else None
         if bar:
             bar.update(start)
-        batches = iter(dataset.repeat() if self.strategy is None
-                       else self.strategy.experimental_distribute_dataset(dataset.repeat()))
-        t_last, n_images = time.perf_counter(), 0
-        while int(self.step.numpy()) < total_steps:
-            batch = next(batches)
-            x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
-            n_batch = (int(x0.shape[0]) if self.strategy is None       # under a strategy: every replica's part
-                       else sum(int(v.shape[0]) for v in self.strategy.experimental_local_results(x0)))
+        batches = self._iterator(dataset, start)
+        seconds, n_images, loss = 0.0, 0, float("nan")
+        while step < total_steps:
             t0 = time.perf_counter()
-            loss = self.train_step(batch)
-            now = time.perf_counter()
-            self._elapsed += now - t0
-            step = int(self.step.numpy())
-            n_images += n_batch
-            ips = n_images / max(now - t_last, 1e-9)
-            if step % log_every == 0 or step == total_steps or step == start + 1:
+            batch = next(batches)
+            self._drawn += 1
+            self._compiled_step(*self._split(batch))      # not waited for: the statistics stay on the device
+            seconds += time.perf_counter() - t0
+            n_images += self._batch_size(batch)
+            step += 1
+            due = self.manager and (step % self.config.checkpoint_every == 0 or step == total_steps)
+            if step % log_every == 0 or step == total_steps or step == start + 1 or due:
+                t0 = time.perf_counter()
+                loss, _ = self.read_statistics()           # waits for the step; raises on a NaN loss
+                step = int(self.step.numpy())              # a float16 step skipped for overflow does not count
+                seconds += time.perf_counter() - t0
+                self._elapsed += seconds
                 self.history["step"].append(step)
                 self.history["loss"].append(loss)
                 self.history["seconds"].append(round(self._elapsed, 3))
-                t_last, n_images = now, 0
-            logs = {"step": step, "loss": loss, "images_per_sec": ips}
-            if bar:
-                bar.update(step, [("loss", loss), ("img/s", ips)])
-            if lines:
-                lines.update(step, loss, n_batch, now - t0)
+                ips = n_images / max(seconds, 1e-9)
+                if bar:
+                    bar.update(step, [("loss", loss), ("img/s", ips)])
+                if lines:
+                    lines.update(step, loss, n_images, seconds)
+                seconds, n_images = 0.0, 0
+                if self.manager and (step % self.config.checkpoint_every == 0 or step >= total_steps):
+                    self.save()
             for cb in callbacks:
-                cb(self, logs)
-            if self.manager and (step % self.config.checkpoint_every == 0 or step == total_steps):
-                self.save()
+                cb(self, {"step": step, "loss": loss})
         return self.history
+
+    def _batch_size(self, batch) -> int:
+        x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if self.strategy is None:
+            return int(x0.shape[0])
+        return sum(int(v.shape[0]) for v in self.strategy.experimental_local_results(x0))   # every replica's part
+
+    def _iterator(self, dataset, step: int):
+        """The iterator over ``dataset.repeat()`` that continues the run: the one the last ``fit`` left
+        (same dataset, same process); after ``restore()`` a new one that skips the batches the run
+        had drawn (``batches_drawn`` in history.json), so that it sees the batches an uninterrupted run
+        would have seen (the pipeline is seeded: a new process walks it in the same order). Saving
+        the tf.data iterator itself in the checkpoint was tried and is not exact: with prefetching, a
+        save after the pipeline ran into the next pass stores an advanced reshuffle seed."""
+        if self._batches is not None and self._batches_of is dataset:
+            return self._batches
+        repeated = dataset.repeat()
+        if self._restored_from and self._drawn:
+            repeated = repeated.skip(self._drawn)
+        it = iter(repeated if self.strategy is None else self.strategy.experimental_distribute_dataset(repeated))
+        self._batches, self._batches_of = it, dataset
+        return it
 
     def loss_by_timestep(self):
         """(bucket edges (buckets + 1,), mean loss per timestep bucket) over all steps so far."""

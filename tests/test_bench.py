@@ -128,6 +128,9 @@ def test_step_parts_name_what_an_op_belongs_to():
     assert step_part("unet_1/down0_res0_1/Silu:_MklSwish") == "other network ops"
     assert step_part("adam/Sqrt_138:Sqrt") == "optimizer"
     assert step_part("ema_update/AssignVariableOp_3:AssignVariableOp") == "EMA update"
+    # the update and the EMA run inside the step's tf.cond (taken only on a finite loss)
+    assert step_part("cond/then/_0/cond/adam/Sqrt_179:Sqrt") == "optimizer"
+    assert step_part("cond_1/then/_584/cond_1/ema_update/mul_218:Mul") == "EMA update"
     assert step_part("noising/stateful_normal/StatelessRandomNormalV2:StatelessRandomNormalV2") \
         == "noising and loss"
 

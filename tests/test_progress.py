@@ -122,7 +122,7 @@ def test_fit_shows_progress_in_the_style_asked(capsys, monkeypatch):
 
     monkeypatch.setenv("DDPM_PROGRESS", "lines")        # make train into a file or a pipe
     capsys.readouterr()
-    trainer.fit(data, 3, callbacks=[remember], progress_seconds=0.0)      # every 0 s: a line per step
+    trainer.fit(data, 3, callbacks=[remember], progress_seconds=0.0, log_every=1)   # a line at every read
     out = capsys.readouterr().out
     assert [line.split()[1] for line in out.splitlines()] == ["1/3", "2/3", "3/3"], out
     assert "img/s" in out and "\r" not in out and "\x1b" not in out and "\b" not in out
@@ -131,4 +131,9 @@ def test_fit_shows_progress_in_the_style_asked(capsys, monkeypatch):
     trainer.fit(data, 5, callbacks=[remember], progress_seconds=0.0)
     out = capsys.readouterr().out
     assert "5/5" in out and "loss" in out and "step 4/5" not in out, out
-    assert seen == ["lines"] * 3 + ["bar"] * 2
+    # the loss is read from the device every log_every steps (and at the first and the last): so are the lines
+    monkeypatch.setenv("DDPM_PROGRESS", "lines")
+    trainer.fit(data, 30, callbacks=[remember], progress_seconds=0.0, log_every=10)
+    out = capsys.readouterr().out
+    assert [line.split()[1] for line in out.splitlines()] == ["6/30", "10/30", "20/30", "30/30"], out
+    assert seen == ["lines"] * 3 + ["bar"] * 2 + ["lines"] * 25

@@ -266,3 +266,17 @@ def test_the_default_start_is_the_general_prior_for_your_own_folder_and_says_why
     saved4 = runs.read_settings(run4)
     assert saved4["init_from"] == "" and saved4["chosen"]["init"] == "scratch"
     assert saved4["profile"].train_steps == cpu.train_steps
+
+
+def test_a_checkpoint_missing_a_weight_of_the_network_is_refused(tmp_path):
+    """Catches: loading a run's EMA with expect_partial() alone, which leaves every weight the checkpoint
+    lacks at its initial value without a word (here: a checkpoint of the raw network, without its EMA)."""
+    import tensorflow as tf
+    from ddpm_lessons.unet import build_unet
+    folder = make_folder(tmp_path / "pics", n=12)
+    run, _ = prepare(tmp_path / "runs", folder)
+    settings = runs.read_settings(run)["profile"]
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=build_unet(settings)), str(run / "checkpoints"), 1)
+    manager.save(checkpoint_number=10)
+    with pytest.raises(runs.UserError, match="does not hold every weight"):
+        runs.load_ema_model(run)

@@ -396,3 +396,21 @@ def test_heun_with_churn_reaches_the_mixture_in_few_evaluations():
     extra = heun_timesteps(COSINE, grid, churn=10.0)[None, :].astype(np.float32)
     broken = run_loop(run, x_T, grid, extra, 1).numpy()
     assert sliced_wasserstein_w2(broken, target) > 3 * floor, sliced_wasserstein_w2(broken, target)
+
+
+def test_a_v_network_gives_its_x0_without_dividing_by_sqrt_abar():
+    """Catches: v-prediction sampled through eps (v -> eps, then x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)),
+    which at the first timestep (abar = 2.4e-9 on the cosine schedule) multiplies float32 rounding by
+    1/sqrt(abar) = 2e4. Read off v, x0 = sqrt(abar) x_t - sqrt(1 - abar) v is exact to float32 rounding."""
+    from ddpm_lessons.unet import build_unet, network_inputs
+    model = build_unet(dict(image_size=8, base_width=8, channel_mults=(1, 2), attention_resolutions=(), groups=4))
+    w = model.get_layer("out_conv")
+    w.kernel.assign(tf.random.normal(w.kernel.shape, stddev=0.5, seed=2))
+    _, (taus, xs, x0s) = ddim_sample(model_eps_fn(model, COSINE, "v"), (4, 8, 8, 3), COSINE, num_steps=4,
+                                     return_trajectory=True)
+    t = int(taus[0])
+    v = model(network_inputs(model, tf.constant(xs[0]), tf.fill([4], t)), training=False).numpy().astype(np.float64)
+    abar = COSINE.alphas_cumprod[t]
+    assert abar < 1e-8, "the check is about the first, noisiest step"
+    expected = np.sqrt(abar) * xs[0].astype(np.float64) - np.sqrt(1 - abar) * v
+    assert np.abs(x0s[0] - expected).max() < 1e-5, np.abs(x0s[0] - expected).max()

@@ -170,3 +170,102 @@ def test_compact_weights_round_trip_in_float16(tmp_path):
     assert path.stat().st_size < 0.5 * float32_bytes + overhead
     with pytest.raises(ValueError, match="another network"):
         load_compact_weights(build_unet({**SMALL, "base_width": 12}), path)
+
+
+# ----------------------------------------------------------------------------- faults a review found (#30)
+
+def distinct_images(n=24, size=8, seed=0):
+    """n different uint8 pictures, so that every batch differs from every other."""
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3)).astype(np.uint8)
+
+
+def test_resume_continues_the_data_where_it_stopped(tmp_path):
+    """Catches: a resumed (or a second) fit() starting the data iterator anew, which replays the first
+    pass's order and flips. 24 pictures in batches of 4 (6 per pass, reshuffled every pass), 8 steps."""
+    from ddpm_lessons.data import make_dataset
+    straight = make_trainer(seed=3)
+    straight.fit(make_dataset(distinct_images(), 4, seed=1), total_steps=8, progress=False)
+
+    first = make_trainer(tmp_path, seed=3)
+    first.fit(make_dataset(distinct_images(), 4, seed=1), total_steps=5, progress=False)   # saved at 3 and 5
+    del first
+    resumed = make_trainer(tmp_path, seed=3)         # the same program started again: a new Trainer and dataset
+    assert resumed.restore() == 5
+    resumed.fit(make_dataset(distinct_images(), 4, seed=1), total_steps=8, progress=False)
+
+    in_process = make_trainer(seed=3)
+    ds = make_dataset(distinct_images(), 4, seed=1)
+    in_process.fit(ds, total_steps=4, progress=False)
+    in_process.fit(ds, total_steps=8, progress=False)
+    for other in (resumed, in_process):
+        for a, b in zip(weights(straight.model), weights(other.model)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_a_nan_loss_is_not_applied_to_the_weights_or_the_ema(tmp_path):
+    """Catches: the update (and the EMA) applied before the loss is checked, leaving NaN in memory."""
+    tr = make_trainer(tmp_path)
+    tr.fit(tf.data.Dataset.from_tensors(batch(3)), total_steps=3, progress=False)
+    before, ema_before = weights(tr.model), weights(tr.ema_model)
+    poisoned = batch(4).numpy()
+    poisoned[0, 0, 0, 0] = np.nan
+    with pytest.raises(TrainingDiverged, match="at step 4"):
+        tr.train_step(tf.constant(poisoned))
+    for a, b in zip(before + ema_before, weights(tr.model) + weights(tr.ema_model)):
+        np.testing.assert_array_equal(a, b)
+    assert int(tr.step.numpy()) == 3 == int(tr.optimizer.iterations.numpy())
+
+
+def test_a_float16_step_skipped_for_overflow_moves_neither_ema_nor_counter():
+    """Catches: a step whose scaled gradients overflowed (the LossScaleOptimizer skips it and halves
+    the scale) still updating the EMA and the step counter, which then drifts from optimizer.iterations."""
+    tf.keras.utils.set_random_seed(0)
+    trainer = Trainer(build_unet(SMALL, precision="float16"), SCHEDULE,
+                      TrainConfig(learning_rate=2e-3, warmup_steps=5, ema_decay=0.9, jit_compile=False))
+    x = batch()
+    trainer.train_step(x)
+    ema = weights(trainer.ema_model)
+    trainer.optimizer.dynamic_scale.assign(2.0 ** 120)           # float16 gradients overflow at this scale
+    trainer.train_step(x)
+    assert float(trainer.optimizer.dynamic_scale.numpy()) == 2.0 ** 119, "the step should have overflowed"
+    assert int(trainer.step.numpy()) == 1 == int(trainer.optimizer.iterations.numpy())
+    for a, b in zip(ema, weights(trainer.ema_model)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_continuing_a_float16_run_in_float32_is_refused_with_a_message(tmp_path):
+    """Catches: a raw checkpoint traceback when a continued run switches precision (the float16 run's
+    loss-scale optimizer is another object graph)."""
+    tf.keras.utils.set_random_seed(0)
+    config = TrainConfig(learning_rate=2e-3, warmup_steps=5, checkpoint_every=2, jit_compile=False)
+    Trainer(build_unet(SMALL, precision="float16"), SCHEDULE, config, checkpoint_dir=tmp_path).fit(
+        tf.data.Dataset.from_tensors(batch()), total_steps=2, progress=False)
+    with pytest.raises(ValueError, match="float16.*continue with the precision it was trained with"):
+        Trainer(build_unet(SMALL), SCHEDULE, config, checkpoint_dir=tmp_path).restore()
+
+
+def test_compact_weights_load_by_path_not_by_position(tmp_path):
+    """Catches: weights matched by position and shape, so that two kernels of equal shape stored in
+    another order swap silently; and a stored path that the model does not have."""
+    from ddpm_lessons.training import load_compact_weights, save_compact_weights
+    tf.keras.utils.set_random_seed(0)
+    model = build_unet(SMALL)
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(0, 0.2, w.shape).astype(np.float32) for w in model.get_weights()])
+    path = save_compact_weights(model, tmp_path / "ema.float16.npz")
+    with np.load(path) as f:
+        paths, values = list(f["paths"]), [f[f"w{i}"] for i in range(len(f["paths"]))]
+    shapes = [v.shape for v in values]
+    i = next(i for i in range(len(values)) if shapes.count(shapes[i]) > 1 and len(shapes[i]) == 4)
+    j = next(j for j in range(i + 1, len(values)) if shapes[j] == shapes[i])
+    order = list(range(len(values)))
+    order[i], order[j] = j, i                        # the same weights, stored in another order
+    np.savez_compressed(tmp_path / "shuffled.npz", paths=np.array([paths[k] for k in order]),
+                        **{f"w{n}": values[k] for n, k in enumerate(order)})
+    fresh = load_compact_weights(build_unet(SMALL), tmp_path / "shuffled.npz")
+    for w, v in zip(fresh.weights, model.weights):
+        np.testing.assert_array_equal(w.numpy(), v.numpy().astype(np.float16).astype(np.float32), err_msg=w.path)
+    renamed = [p if k != i else "unet/no_such_layer/kernel" for k, p in enumerate(paths)]
+    np.savez_compressed(tmp_path / "renamed.npz", paths=np.array(renamed), **{f"w{n}": v for n, v in enumerate(values)})
+    with pytest.raises(ValueError, match="no_such_layer"):
+        load_compact_weights(build_unet(SMALL), tmp_path / "renamed.npz")

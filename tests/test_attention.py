@@ -49,9 +49,15 @@ def test_attention_weights_are_distributions():
 
 
 def test_serialises():
+    """Catches: a get_config that drops an argument (the clone would come back with the default heads or
+    groups and compute something else with the same weights)."""
     layer = SelfAttention2D(num_heads=2, groups=4, zero_init=False, name="attn")
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert clone.get_config() == layer.get_config()
+    assert (clone.num_heads, clone.groups, clone.zero_init) == (2, 4, False)
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 16)).astype("float32")
+    layer(x), clone(x)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(layer(x)), atol=1e-6)
 
 
 def test_bad_heads_raises():

@@ -65,9 +65,13 @@ def test_residual_block_output_depends_on_t(scale_shift):
 
 
 def test_group_norm_statistics_per_group():
+    """The course's GroupNorm (blocks.GroupNorm, used by every block): zero mean and unit variance per
+    (image, group); catches statistics taken per channel or over the batch."""
+    from ddpm_lessons.blocks import GroupNorm
     groups, c = 4, 16
     x = (np.random.randn(3, 8, 8, c) * 5 + 3).astype("float32")
-    y = np.asarray(keras.layers.GroupNormalization(groups, epsilon=1e-5)(x))
+    x[..., :c // groups] *= 4                     # groups of unequal spread: a per-image norm would fail
+    y = np.asarray(GroupNorm(groups, epsilon=1e-5)(x))
     g = y.reshape(3, 8 * 8, groups, c // groups)
     np.testing.assert_allclose(g.mean(axis=(1, 3)), 0.0, atol=1e-4)
     np.testing.assert_allclose(g.var(axis=(1, 3)), 1.0, atol=1e-3)

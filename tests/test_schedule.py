@@ -34,6 +34,10 @@ def test_cosine_alpha_bar_follows_the_squared_cosine():
         assert sched.alphas_cumprod[t] == pytest.approx(f(t + 1) / f(0), rel=1e-9), t
     assert sched.alphas_cumprod[499] == pytest.approx(0.49384, rel=1e-4)
     assert sched.betas.max() == pytest.approx(0.999), "cosine betas are clipped at max_beta"
+    # the schedule the course builds by name has the same offset (catches a changed default s)
+    built = NoiseSchedule.from_kind("cosine", 1000)
+    assert built.alphas_cumprod[499] == pytest.approx(0.49384, rel=1e-4)
+    assert built.alphas_cumprod[0] == pytest.approx(f(1) / f(0), rel=1e-9)
 
 
 def test_alpha_bar_monotone_in_unit_interval(sched):
@@ -68,10 +72,16 @@ def test_posterior_coefficients_obey_the_law_of_total_expectation_and_variance(s
 
 
 def test_x0_reconstruction_constants(sched):
-    np.testing.assert_allclose(sched.sqrt_recip_alphas_cumprod * sched.sqrt_alphas_cumprod, 1.0)
-    np.testing.assert_allclose(
-        sched.sqrt_recipm1_alphas_cumprod * sched.sqrt_alphas_cumprod,
-        sched.sqrt_one_minus_alphas_cumprod, rtol=1e-9)
+    """x_0 = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps recovers x_0 from x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps
+    built with the other two tables (catches a wrong sign or a missing square root in any of the four)."""
+    rng = np.random.default_rng(0)
+    x0, eps = rng.normal(size=(2, sched.T))
+    x_t = sched.sqrt_alphas_cumprod * x0 + sched.sqrt_one_minus_alphas_cumprod * eps
+    np.testing.assert_allclose(sched.sqrt_recip_alphas_cumprod * x_t - sched.sqrt_recipm1_alphas_cumprod * eps,
+                               x0, rtol=1e-6, atol=1e-6)
+    # and x_t has unit variance when x_0 does: abar + (1 - abar) = 1 from the two square-root tables
+    np.testing.assert_allclose(sched.sqrt_alphas_cumprod ** 2 + sched.sqrt_one_minus_alphas_cumprod ** 2, 1.0,
+                               rtol=1e-12)
 
 
 def test_bad_arguments_are_clear_errors():

@@ -47,7 +47,7 @@ def main(paths=None):
     found = json.loads(store.read_text()) if store.exists() else {}
     folders = {}
     for path in paths:
-        folder = re.match(r"(.+?)-(scratch|general|leak|told)", path.stem).group(1)
+        folder = re.match(r"(.+?)-(scratch|general|leak|told|plain)", path.stem).group(1)
         if folder not in folders:
             folders[folder] = read_folder(FOLDERS[folder], TILE)
         train = folders[folder]

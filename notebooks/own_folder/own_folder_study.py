@@ -55,6 +55,7 @@ METHODS = {   # init, augmentation p, the network told the transforms, learning 
     # with heavy augmentation: not told (the transforms are part of "the data") and told.
     "leak-ref": dict(init="reference", augment_p=0.5, told=False, learning_rate=None),
     "told-ref": dict(init="reference", augment_p=0.5, told=True, learning_rate=None),
+    "plain-ref": dict(init="reference", augment_p=0.0, told=False, learning_rate=None),   # the same, no augmentation
 }
 SECONDS_PER_STEP = 21.0 * 60 / 1800     # lesson 09's stored cpu run (float32, 2-core Intel Xeon, alone)
 BUDGETS = (2, 5, 10)                    # training minutes

@@ -28,7 +28,7 @@ def paired(a_subsets, b_subsets):
 
 def load(results=RESULTS) -> dict:
     return {p.stem: json.loads(p.read_text()) for p in sorted(Path(results).glob("*.json"))
-            if p.stem != "nearest"}        # own_folder_nearest.py's distances
+            if p.stem not in ("nearest", "leak_turns")}     # own_folder_nearest.py, leak_turns.py
 
 
 def rows(results=RESULTS):
@@ -36,7 +36,7 @@ def rows(results=RESULTS):
     found = load(results)
     out = []
     for key, r in found.items():
-        if r["method"] in LEAK_METHODS:        # the leak demonstration is its own table (leak_table)
+        if r["method"] in LEAK_METHODS or r["folder"] == "portraits":   # the leak demonstration: leak_table
             continue
         base = found.get(f"{r['folder']}-scratch")
         for minutes, s in r["scores"].items():
@@ -54,7 +54,7 @@ def rows(results=RESULTS):
     return sorted(out, key=lambda x: (x["folder"], order.get(x["method"], 9), x["minutes"]))
 
 
-LEAK_METHODS = ("leak", "told", "leak-ref", "told-ref")
+LEAK_METHODS = ("leak", "told", "leak-ref", "told-ref", "plain-ref")
 
 
 def leak_table(results=RESULTS) -> list:
@@ -63,7 +63,7 @@ def leak_table(results=RESULTS) -> list:
     of samples counted turned by eye (``turned_by_eye`` in the JSON, when counted)."""
     out = []
     for r in load(results).values():
-        if r["method"] not in LEAK_METHODS:
+        if r["method"] not in LEAK_METHODS and r["folder"] != "portraits":
             continue
         for minutes, s in r["scores"].items():
             out.append({"folder": r["folder"], "method": r["method"], "minutes": int(minutes),

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .profiles import PROFILES, Profile, describe_sampler, get_profile, network_evaluations, sampler_options
+from .locks import locked_by_another
 
 # The default number of steps is the profile's train_steps, but never more than MAX_PASSES passes
 # over the data: a small folder is otherwise seen hundreds of times and the network learns to
@@ -192,26 +193,6 @@ def _run_matches(run: Path, data_path: str, profile_name: str, image_size: int, 
         return False
     return (s.get("data", {}).get("path") == data_path and s["profile"].name == profile_name
             and s["profile"].image_size == image_size and (s["profile"].num_classes is not None) == conditional)
-
-
-def locked_by_another(lock: Path) -> bool:
-    """True while the process whose pid is in ``lock`` is alive and is not this one."""
-    try:
-        pid = int(lock.read_text())
-    except (OSError, ValueError):
-        return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:                     # a killed process that nobody has reaped yet (a zombie) holds no lock
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def find_unfinished_run(root, data_path: str, profile_name: str, image_size: int, conditional: bool = False):

@@ -45,7 +45,7 @@ import tensorflow as tf
 
 from .profiles import resolve_compile
 from .diffusion import LOSS_WEIGHTINGS, PREDICTIONS, Diffusion, check_target  # noqa: F401 (re-exported)
-from .runs import locked_by_another
+from .locks import hold
 from .schedule import NoiseSchedule
 from .augment import augment_labels, apply_augmentations, draw_augmentations
 from .unet import augment_dim, float32_copy, label_classes, network_inputs
@@ -282,12 +282,10 @@ class Trainer:
                                               optimizer=self.optimizer, step=self.step, rng=self.rng)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         if self.checkpoint_dir:
-            if locked_by_another(self.checkpoint_dir / "lock"):
+            if not hold(self.checkpoint_dir / "lock"):
                 raise RuntimeError(
                     f"another process is training with the checkpoints in {self.checkpoint_dir} (its pid "
                     "is in the file 'lock' there); stop it first, or train in a new run folder")
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            (self.checkpoint_dir / "lock").write_text(str(os.getpid()))
         self.manager = (tf.train.CheckpointManager(self.checkpoint, str(self.checkpoint_dir),
                                                    max_to_keep=c.keep_checkpoints)
                         if self.checkpoint_dir else None)

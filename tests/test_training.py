@@ -113,16 +113,27 @@ def test_loss_by_timestep_buckets_cover_every_step():
 
 
 def test_two_trainers_cannot_share_a_checkpoint_folder(tmp_path):
+    """The folder lock is an flock: held by a living process it stops a second Trainer; released by the
+    operating system when that process ends (even by kill -9); a pid written in the file alone holds nothing."""
     import subprocess, sys
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+                               str(tmp_path / "lock")], stdout=subprocess.PIPE, text=True)
     try:
-        (tmp_path / "lock").write_text(str(sleeper.pid))        # a living process holds the folder
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RuntimeError, match="another process is training"):
             make_trainer(tmp_path)
     finally:
+        holder.kill()
+        holder.wait()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "lock").write_text(str(sleeper.pid))        # a living pid, but no flock
+        assert make_trainer(tmp_path).checkpoint_dir == tmp_path, "a released lock is taken over"
+    finally:
         sleeper.kill()
         sleeper.wait()
-    assert make_trainer(tmp_path).checkpoint_dir == tmp_path, "a dead holder's lock is taken over"
+    assert (tmp_path / "lock").read_text() == str(__import__("os").getpid()), "the holder's pid is in the file"
 
 
 def test_mixed_precision_trains_with_loss_scaling_and_restores_the_policy():

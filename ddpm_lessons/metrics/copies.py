@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .features import as_unit_float, feature_fn
+from .features import as_unit_float, feature_fn, grouped_split  # noqa: F401 (grouped_split: re-exported)
 
 
 def _flip(x):
@@ -101,16 +101,6 @@ def near_duplicate_groups(images, names=None, tau: float = 0.75, max_shift: int 
     for i, j in zip(*np.where(dist < tau * np.median(dist.min(1)))):
         join(i, j)
     return np.array([root(i) for i in range(len(x))])
-
-
-def grouped_split(groups, held_out: float = 0.15, seed: int = 0):
-    """(train indices, held-out indices): a random ``held_out`` share of the *groups* is held out
-    whole, so no picture has a near-copy on the other side."""
-    groups = np.asarray(groups)
-    unique = np.unique(groups)
-    held = np.random.default_rng(seed).choice(unique, int(round(held_out * len(unique))), replace=False)
-    mask = np.isin(groups, held)
-    return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
 class MemorisationCheck:

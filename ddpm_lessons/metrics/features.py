@@ -122,7 +122,6 @@ def train_feature_net(out_dir=ASSETS, epochs: int = 30, batch_size: int = 64, se
     if split == "random":
         train, test = feature_split(len(images), held_out, seed)
     else:
-        from .copies import grouped_split
         train, test = grouped_split(groups, held_out, seed)
     x = as_unit_float(images)
     steps = epochs * math.ceil(len(train) / batch_size)
@@ -306,7 +305,6 @@ DETAIL_GAIN = 4.0                  # the fine detail is small: amplified 4x, the
 def detail_images(images) -> np.ndarray:
     """The fine detail of each image at 32x32: clip(4 (x - blur_1px(x)), -1, 1), a high-pass image
     (what blurring removes, and what a model learns last)."""
-    from .references import gaussian_blur
     x = resize_images(images, FEATURE_SIZE)
     return np.clip(DETAIL_GAIN * (x - gaussian_blur(x, 1.0)), -1.0, 1.0).astype(np.float32)
 
@@ -316,3 +314,42 @@ def detail_feature_fn(images, batch_size: int = 256) -> np.ndarray:
     never trained) applied to their fine detail (``detail_images``). The course's score: on two
     folders it orders real < finished run < 300-step run < blurred < noise (lesson 11, section 7)."""
     return _random_net_features("detail", detail_images(images), batch_size, seed=100)
+
+
+# ----------------------------------------------------------------------------- helpers the other metrics share
+
+def _filter_axis(x, kernel, axis):
+    """Convolve along one axis with a symmetric kernel, mirror padding (scipy's 'mirror')."""
+    r = len(kernel) // 2
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (r, r)
+    xp = np.pad(x, pad, mode="reflect")
+    n = x.shape[axis]
+    out = np.zeros_like(x)
+    for i, k in enumerate(kernel):
+        out += k * np.take(xp, np.arange(i, i + n), axis=axis)
+    return out
+
+
+def gaussian_blur(images, sigma: float) -> np.ndarray:
+    """Blur images (N, H, W, C) in [-1, 1] with a Gaussian of std ``sigma`` pixels (reflect edges)."""
+    x = as_unit_float(images).astype(np.float64)
+    if sigma <= 0:
+        return x.astype(np.float32)
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    r = min(r, x.shape[1] - 1, x.shape[2] - 1)   # reflect padding needs r < size
+    k = k[len(k) // 2 - r: len(k) // 2 + r + 1]
+    k /= k.sum()
+    return _filter_axis(_filter_axis(x, k, 1), k, 2).astype(np.float32)
+
+
+def grouped_split(groups, held_out: float = 0.15, seed: int = 0):
+    """(train indices, held-out indices): a random ``held_out`` share of the *groups* is held out
+    whole, so no picture has a near-copy on the other side."""
+    groups = np.asarray(groups)
+    unique = np.unique(groups)
+    held = np.random.default_rng(seed).choice(unique, int(round(held_out * len(unique))), replace=False)
+    mask = np.isin(groups, held)
+    return np.flatnonzero(~mask), np.flatnonzero(mask)

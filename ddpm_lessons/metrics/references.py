@@ -12,38 +12,9 @@ All take and return float32 (N, H, W, C) in [-1, 1] (uint8 is accepted too).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from .features import as_unit_float
-
-
-def _filter_axis(x, kernel, axis):
-    """Convolve along one axis with a symmetric kernel, mirror padding (scipy's 'mirror')."""
-    r = len(kernel) // 2
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (r, r)
-    xp = np.pad(x, pad, mode="reflect")
-    n = x.shape[axis]
-    out = np.zeros_like(x)
-    for i, k in enumerate(kernel):
-        out += k * np.take(xp, np.arange(i, i + n), axis=axis)
-    return out
-
-
-def gaussian_blur(images, sigma: float) -> np.ndarray:
-    """Blur images (N, H, W, C) in [-1, 1] with a Gaussian of std ``sigma`` pixels (reflect edges)."""
-    x = as_unit_float(images).astype(np.float64)
-    if sigma <= 0:
-        return x.astype(np.float32)
-    r = max(1, int(math.ceil(3 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k /= k.sum()
-    r = min(r, x.shape[1] - 1, x.shape[2] - 1)   # reflect padding needs r < size
-    k = k[len(k) // 2 - r: len(k) // 2 + r + 1]
-    k /= k.sum()
-    return _filter_axis(_filter_axis(x, k, 1), k, 2).astype(np.float32)
+from .features import _filter_axis, as_unit_float, gaussian_blur  # noqa: F401 (the blur lives with the detail features)
 
 
 def noise_images(shape, seed: int = 0) -> np.ndarray:

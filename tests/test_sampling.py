@@ -414,3 +414,14 @@ def test_a_v_network_gives_its_x0_without_dividing_by_sqrt_abar():
     assert abar < 1e-8, "the check is about the first, noisiest step"
     expected = np.sqrt(abar) * xs[0].astype(np.float64) - np.sqrt(1 - abar) * v
     assert np.abs(x0s[0] - expected).max() < 1e-5, np.abs(x0s[0] - expected).max()
+
+
+def test_one_v_network_serves_several_compiled_samplers():
+    """Catches: a table made while one sampler's loop was traced, kept, and used in another's graph
+    ("the tensor ... cannot be accessed from here")."""
+    from ddpm_lessons.unet import build_unet
+    model = build_unet(dict(image_size=8, base_width=8, channel_mults=(1, 2), attention_resolutions=(), groups=4))
+    fn = model_eps_fn(model, COSINE, "v")
+    for sampler in ("ddim", "dpm++2m", "heun", "ddim"):
+        x = sample(fn, (2, 8, 8, 3), COSINE, sampler=sampler, steps=3, seed=1, clip_x0=1.0)
+        assert x.shape == (2, 8, 8, 3) and np.all(np.isfinite(x))

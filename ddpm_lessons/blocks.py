@@ -57,7 +57,7 @@ class GroupNorm(layers.GroupNormalization):
     m_g (one pixel of each group, no gradient) only shifts the data to keep E[x^2] - E[x]^2 from
     cancelling. Keras's layer reshapes to (B, H, W, G, C/G) and takes two passes for the moments;
     this is 1.2-1.3x faster forward + backward at the U-Net's larger shapes on a 2-core CPU
-    (notebooks/speed/groupnorm_study.py). Other input ranks use Keras's own code.
+    (notebooks/studies/speed/groupnorm_study.py). Other input ranks use Keras's own code.
     """
 
     def call(self, inputs):

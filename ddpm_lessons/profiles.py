@@ -3,7 +3,8 @@
     tiny  tests and CI on 2 CPU cores: tracing, not training, dominates
     cpu   the default without a GPU: recognisable portraits in about ten minutes on 2 cores (frozen by
           the course's evaluation protocol at equal wall time: the table in lesson 09, made by
-          notebooks/tune_cpu_profile.py; v-prediction, bfloat16 where the CPU has it, DPM-Solver++(2M)-10)
+          notebooks/studies/tuning/tune_cpu_profile.py; v-prediction, bfloat16 where the CPU has
+          it, DPM-Solver++(2M)-10)
     gpu   the keras.io DDPM example's scale: 64x64 images, a U-Net with attention at 16 and 8
 
 ``get_profile()`` reads the environment variable ``DDPM_PROFILE``; without it, it picks

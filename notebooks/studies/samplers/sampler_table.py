@@ -1,6 +1,6 @@
-"""The README's sampler table, as Markdown, from notebooks/samplers/results.json (compare_samplers.py).
+"""The README's sampler table, as Markdown, from notebooks/studies/samplers/results.json (compare_samplers.py).
 
-    .venv/bin/python notebooks/sampler_table.py
+    .venv/bin/python notebooks/studies/samplers/sampler_table.py
 """
 import json
 from pathlib import Path
@@ -16,7 +16,7 @@ FAMILIES = [  # (label, predicate on a run, the numbers listed)
 
 
 def main():
-    res = json.loads((HERE / "samplers" / "results.json").read_text())
+    res = json.loads((HERE / "results.json").read_text())
     runs = {k: r for k, r in res["runs"].items() if "sweep" in r.get("parts", []) or k == "ddpm-1000"}
     ref, floor = res["runs"]["ddpm-1000"], res["floor"]
     print("| sampler | network evaluations | detail KID ×10³ | SWD ×10³ | shapes KID ×10³ | reaches DDPM-1000 at |")

@@ -1,8 +1,8 @@
 """Guidance measured, not eyeballed (lesson 13): agreement, diversity and quality for each w.
 
-    .venv/bin/python notebooks/guidance_study.py                       # the shipped conditional network
-    .venv/bin/python notebooks/guidance_study.py --run runs/<run>      # a run of make train CONDITIONAL=1
-    .venv/bin/python notebooks/guidance_study.py --num-samples 64      # a quick look (not the protocol)
+    .venv/bin/python notebooks/studies/guidance/guidance_study.py                       # the shipped conditional network
+    .venv/bin/python notebooks/studies/guidance/guidance_study.py --run runs/<run>      # a run of make train CONDITIONAL=1
+    .venv/bin/python notebooks/studies/guidance/guidance_study.py --num-samples 64      # a quick look (not the protocol)
 
 For each guidance scale w, with the profile's sampler and fresh seeds (4000, 4001, ... one per batch):
 
@@ -19,7 +19,7 @@ For each guidance scale w, with the profile's sampler and fresh seeds (4000, 400
   feature space (detail KID +- s.e., SWD, whole-picture KID), with the paired difference to 512 samples of the
   shipped *unconditional* reference network from the same seeds.
 
-Writes notebooks/guidance/results.json (read by lesson 13). About 10 minutes on 2 CPU cores.
+Writes notebooks/studies/guidance/results.json (read by lesson 13). About 10 minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from ddpm_lessons.schedule import NoiseSchedule
 from ddpm_lessons.training import load_reference_weights, reference_prediction
 from ddpm_lessons.unet import build_unet
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent          # notebooks/studies/guidance: results.json
 SEED = 4000                        # fresh: no lesson or other study draws with these
 BATCH = 128
 GUIDANCE = (0.0, 1.0, 2.0, 3.0, 4.0)
@@ -65,7 +65,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", default="", help="a run folder of make train CONDITIONAL=1 (default: the shipped one)")
     ap.add_argument("--num-samples", type=int, default=PROTOCOL_SAMPLES)
-    ap.add_argument("--out", default=str(HERE / "guidance" / "results.json"))
+    ap.add_argument("--out", default=str(HERE / "results.json"))
     args = ap.parse_args(argv)
     n = args.num_samples
     t_start = time.perf_counter()

@@ -1,8 +1,8 @@
 """What should the network predict? eps vs v, with and without min-SNR weighting, at equal compute (lesson 12).
 
-    .venv/bin/python notebooks/compare_targets.py train            # 4 runs of the cpu recipe (~40 min)
-    .venv/bin/python notebooks/compare_targets.py score            # the protocol on their EMA weights
-    .venv/bin/python notebooks/compare_targets.py few-step         # eps and v with 5-15 evaluations
+    .venv/bin/python notebooks/studies/targets/compare_targets.py train            # 4 runs of the cpu recipe (~40 min)
+    .venv/bin/python notebooks/studies/targets/compare_targets.py score            # the protocol on their EMA weights
+    .venv/bin/python notebooks/studies/targets/compare_targets.py few-step         # eps and v with 5-15 evaluations
 
 Four runs of the `cpu` profile on the shipped data, identical but for the target: the same seed, data
 order, steps, batch and learning rate (so the same compute): eps / none (the course's target today),
@@ -14,7 +14,7 @@ samples from fresh seeds, one ScoreReference, calibrated detail KID with paired 
 with the course's few-step sampler (lesson 08) at the end of training; a variant replaces eps / none
 only if its KID is lower by more than 2 paired standard errors; otherwise the course keeps eps.
 (The whole-picture KID and its paired difference are reported beside it, as in the verdict.)
-Writes notebooks/targets/results.json and one 32-sample grid per run and checkpoint.
+Writes notebooks/studies/targets/results.json and one 32-sample grid per run and checkpoint, next to this script.
 """
 from __future__ import annotations
 
@@ -37,8 +37,9 @@ from ddpm_lessons.schedule import NoiseSchedule
 from ddpm_lessons.training import TrainConfig, Trainer
 from ddpm_lessons.unet import build_unet
 
-HERE = Path(__file__).resolve().parent
-RUNS = HERE.parent / "runs" / "targets"
+HERE = Path(__file__).resolve().parent          # notebooks/studies/targets: results and grids
+ROOT = HERE.parents[2]
+RUNS = ROOT / "runs" / "targets"
 VARIANTS = {"eps": ("eps", "none"), "v": ("v", "none"), "eps-minsnr": ("eps", "min-snr"),
             "v-minsnr": ("v", "min-snr")}
 BASE = "eps"
@@ -180,7 +181,7 @@ def main(argv=None):
     p.add_argument("what", choices=["train", "score", "few-step"])
     p.add_argument("--only", nargs="*", default=None)
     args = p.parse_args(argv)
-    out = HERE / "targets"
+    out = HERE
     out.mkdir(parents=True, exist_ok=True)
     images, _ = read_image_folder(default_dataset_path(), get_profile("cpu").image_size)
     if args.what == "train":

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent          # notebooks/studies/speed: the measurements
+ROOT = HERE.parents[2]
 sys.path.insert(0, str(ROOT))
 
 import keras  # noqa: E402
@@ -92,7 +93,7 @@ def timed(fn, args, calls=5):
 def main(argv=None):
     a = argparse.ArgumentParser()
     a.add_argument("--rounds", type=int, default=5)
-    a.add_argument("--out", default=str(ROOT / "notebooks" / "speed" / "groupnorm.json"))
+    a.add_argument("--out", default=str(HERE / "groupnorm.json"))
     a.add_argument("--step", action="store_true", help="the whole training step, paired (slow)")
     a.add_argument("--xla", action="store_true", help="with --step: XLA instead of tf.function")
     a.add_argument("--steps", type=int, default=20)

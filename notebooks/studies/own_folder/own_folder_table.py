@@ -1,12 +1,12 @@
 """The own-folder study's table (lesson 10): folder x method x training minutes.
 
-Reads notebooks/own_folder/results/<folder>-<method>.json (made by own_folder_study.py) and prints,
+Reads notebooks/studies/own_folder/results/<folder>-<method>.json (made by own_folder_study.py) and prints,
 per row, layout and detail KID x 1e3 +- SE, SWD x 1e3, the verdict's near-copy share, and each
 method's paired difference to "scratch" (today's default) at the same minutes in the layout score:
 the difference of KID on the same real subsets, its paired standard error, and "win" / "loss" only
 beyond two of them (``metrics.scores.paired_difference``).
 
-    .venv/bin/python notebooks/own_folder/own_folder_table.py
+    .venv/bin/python notebooks/studies/own_folder/own_folder_table.py
 """
 from __future__ import annotations
 

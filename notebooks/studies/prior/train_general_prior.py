@@ -10,7 +10,7 @@ Resumable: run it again with the same --run and it continues from the last check
 At the end (or with --export at any time) the EMA weights go to ddpm_lessons/assets/general_cpu/
 as float16 (training.save_compact_weights), with settings.json, history.json and samples.png.
 
-    nohup .venv/bin/python notebooks/prior/train_general_prior.py --run /work/prior-runs/general \
+    nohup .venv/bin/python notebooks/studies/prior/train_general_prior.py --run /work/prior-runs/general \
         --steps 12000 > /work/prior-runs/general.log 2>&1 &
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]          # notebooks/studies/prior/ -> the repository
 sys.path.insert(0, str(ROOT))
 
 FOLDERS = {"emoji-portraits": 1, "twemoji-things": 1, "tuxpaint-photos": 3}   # folder -> repeats
@@ -106,7 +106,7 @@ def readme(settings, step, counts, history) -> str:
     minutes = history["seconds"][-1] / 60 if history["seconds"] else float("nan")
     return f"""# The general prior: one long run on everything the course ships or builds
 
-The EMA weights (`ema.float16.npz`, float16) of `notebooks/prior/train_general_prior.py`: the `cpu`
+The EMA weights (`ema.float16.npz`, float16) of `notebooks/studies/prior/train_general_prior.py`: the `cpu`
 profile's U-Net with the augmentation-label input (`augment_dim={settings.augment_dim}`), trained on
 {counts['emoji-portraits']} emoji portraits, {counts['twemoji-things']} twemoji things and the {counts['tuxpaint-photos']}
 photographs of `data/tuxpaint-photos` (these repeated {FOLDERS['tuxpaint-photos']} times per pass); the held-out

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent          # notebooks/studies/speed: the measurements
+ROOT = HERE.parents[2]
 sys.path.insert(0, str(ROOT))
 
 import ddpm_lessons  # noqa: E402,F401  (oneDNN switch before TensorFlow loads)
@@ -118,7 +119,7 @@ def study(rounds=5, calls=5, log=print):
 def main(argv=None):
     a = argparse.ArgumentParser()
     a.add_argument("--rounds", type=int, default=5)
-    a.add_argument("--out", default=str(ROOT / "notebooks" / "speed" / "conv.json"))
+    a.add_argument("--out", default=str(HERE / "conv.json"))
     args = a.parse_args(argv)
     peak = fma_peak()
     print(f"float32 FMA peak of this machine: {peak}", flush=True)

@@ -1,8 +1,8 @@
 """Freeze the `cpu` recipe: network, batch, warm-up, EMA decay and precision, by the course's protocol.
 
-    .venv/bin/python notebooks/tune_cpu_profile.py time      # step time of every variant, side by side
-    .venv/bin/python notebooks/tune_cpu_profile.py train     # every variant (resumes; ~45 min on 2 cores)
-    .venv/bin/python notebooks/tune_cpu_profile.py score     # the protocol on their EMA weights
+    .venv/bin/python notebooks/studies/tuning/tune_cpu_profile.py time      # step time of every variant, side by side
+    .venv/bin/python notebooks/studies/tuning/tune_cpu_profile.py train     # every variant (resumes; ~45 min on 2 cores)
+    .venv/bin/python notebooks/studies/tuning/tune_cpu_profile.py score     # the protocol on their EMA weights
 
 Every variant starts from the `cpu` profile (v-prediction, learning rate 1e-3, batch 32, warm-up 200,
 EMA decay 0.995, 1,800 steps, bfloat16 where the CPU has it) and changes one thing. The variants get
@@ -18,8 +18,8 @@ seeds (3000...) with the few-step sampler (DPM-Solver++(2M), 10 Karras steps fro
 scored against the same ScoreReference (calibrated detail KID with paired standard errors, SWD, the
 whole-picture KID). A variant replaces the base only if its detail KID is lower by more than 2 paired
 standard errors; bfloat16 stays on only if base is not worse than base-f32 by more than 2 paired SE.
-Runs live in runs/recipe/<name>/ (not committed); results in notebooks/tuning/results.json, one
-32-sample grid per variant in notebooks/tuning/<name>.png.
+Runs live in runs/recipe/<name>/ (not committed); results in notebooks/studies/tuning/results.json, one
+32-sample grid per variant in notebooks/studies/tuning/<name>.png.
 """
 from __future__ import annotations
 
@@ -43,9 +43,10 @@ from ddpm_lessons.schedule import NoiseSchedule
 from ddpm_lessons.training import TrainConfig, Trainer, ema_decay_at
 from ddpm_lessons.unet import build_unet, count_params
 
-HERE = Path(__file__).resolve().parent
-RUNS = HERE.parent / "runs" / "recipe"
-OUT = HERE / "tuning"
+HERE = Path(__file__).resolve().parent          # notebooks/studies/tuning: results and grids
+ROOT = HERE.parents[2]
+RUNS = ROOT / "runs" / "recipe"
+OUT = HERE
 BASE_STEPS = 1800
 SEED = 3000                        # fresh sampling seeds: no lesson, preview or earlier study uses them
 SAMPLER = dict(sampler="dpm++2m", steps=10, spacing="karras", sigma_max=80.0)
@@ -182,7 +183,7 @@ def score(images):
     scores = {}
     for name, (changes, _, budget, what) in VARIANTS.items():
         if not (RUNS / name / "train.json").exists():
-            print(f"{name}: not trained yet (python notebooks/tune_cpu_profile.py train --only {name})")
+            print(f"{name}: not trained yet (python notebooks/studies/tuning/tune_cpu_profile.py train --only {name})")
             continue
         info = json.loads((RUNS / name / "train.json").read_text())
         profile = profile_for(name, info["steps"])

@@ -8,16 +8,16 @@ end of a run (``metrics.verdict``):
 
     real vs real   pictures of the folder that are not in R (the full folders: half of the pictures
                    judged against the other half)
-    good run       a finished run's samples (calibration/<folder>_final.npz, calibration_sets.py)
-    200 steps      the same recipe after 200 training steps (calibration/<folder>_early.npz)
+    good run       a finished run's samples (<folder>_final.npz in this folder, calibration_sets.py)
+    200 steps      the same recipe after 200 training steps (<folder>_early.npz)
     blobs          R's pictures phase-randomised (another seed than the verdict's own reference)
     blurred 1px    R's pictures blurred by 1 px
     noise          Gaussian noise clipped to [-1, 1]
 
-Writes calibration/verdict.json; lesson 11 prints it. About 10 minutes on 2 cores (the photographs
+Writes notebooks/studies/calibration/verdict.json; lesson 11 prints it. About 10 minutes on 2 cores (the photographs
 need data/build_tuxpaint_photos.py first):
 
-    .venv/bin/python notebooks/calibrate_verdict.py
+    .venv/bin/python notebooks/studies/calibration/calibrate_verdict.py
 """
 import json
 import time
@@ -30,10 +30,11 @@ from ddpm_lessons.metrics import as_unit_float
 from ddpm_lessons.metrics.references import blob_images, gaussian_blur, noise_images
 from ddpm_lessons.metrics.verdict import FolderVerdict
 
-HERE = Path(__file__).resolve().parent
-CAL = HERE / "calibration"
-FOLDERS = {"emoji": HERE.parent / "data" / "emoji-portraits", "twemoji": HERE.parent / "data" / "twemoji-things",
-           "photos": HERE.parent / "data" / "tuxpaint-photos"}
+HERE = Path(__file__).resolve().parent                  # notebooks/studies/calibration: the sets and results
+ROOT = HERE.parents[2]
+CAL = HERE
+FOLDERS = {"emoji": ROOT / "data" / "emoji-portraits", "twemoji": ROOT / "data" / "twemoji-things",
+           "photos": ROOT / "data" / "tuxpaint-photos"}
 SIZES = {"emoji": (None, 100), "twemoji": (None, 100), "photos": (None, 144, 100)}
 N, SIZE = 256, 32
 SETS = ("real vs real", "good run", "200 steps", "blobs", "blurred 1px", "noise")

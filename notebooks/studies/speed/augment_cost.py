@@ -5,7 +5,7 @@ no augmentation (today's network), the augmentation-label input with p = 0 (the 
 network fine-tuned without augmentation), and p = 0.2 with the input (the study's augmented runs).
 Prints each one's images/s per round and its rate over the first one's, mean +- standard error.
 
-    .venv/bin/python notebooks/speed/augment_cost.py [--rounds 8] [--xla]
+    .venv/bin/python notebooks/studies/speed/augment_cost.py [--rounds 8] [--xla]
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent          # notebooks/studies/speed: the measurements
+ROOT = HERE.parents[2]
 sys.path.insert(0, str(ROOT))
 
 
@@ -23,7 +24,7 @@ def main(argv=None):
     a.add_argument("--rounds", type=int, default=8)
     a.add_argument("--steps", type=int, default=12)
     a.add_argument("--xla", action="store_true")
-    a.add_argument("--out", default=str(ROOT / "notebooks" / "speed" / "augment_cost.json"))
+    a.add_argument("--out", default=str(HERE / "augment_cost.json"))
     args = a.parse_args(argv)
     import keras
     import tensorflow as tf

@@ -11,12 +11,12 @@ steps along the way, draw 64 samples with the preview sampler (same seeds each t
     median_ratio   median over samples of that distance / the typical gap (1 = as far as two
                    different training pictures; near 0 = a copy)
 
-Writes notebooks/folder_size/results.json and a grid per (N, step) of 32 samples. About 40 minutes
+Writes notebooks/studies/folder_size/results.json and a grid per (N, step) of 32 samples. About 40 minutes
 on 2 cores. Then ``--nearest`` draws, for the last grid of each N, every sample beside its nearest
 training picture (``n<N>_step<S>_nearest.png``), from the saved grids (seconds):
 
-    .venv/bin/python notebooks/folder_size_study.py [--sizes 100 300] [--steps 1800]
-    .venv/bin/python notebooks/folder_size_study.py --nearest
+    .venv/bin/python notebooks/studies/folder_size/folder_size_study.py [--sizes 100 300] [--steps 1800]
+    .venv/bin/python notebooks/studies/folder_size/folder_size_study.py --nearest
 
 ``--from-run RUN`` adds the row of a finished `make train DATA=data/twemoji-things` run (all 857
 pictures, the default a user gets): the same measures on its 64 final samples (``RUN/samples/``),
@@ -39,9 +39,10 @@ from ddpm_lessons.schedule import NoiseSchedule
 from ddpm_lessons.training import Trainer, TrainConfig
 from ddpm_lessons.unet import build_unet
 
-HERE = Path(__file__).resolve().parent
-FOLDER = HERE.parent / "data" / "twemoji-things"
-OUT = HERE / "folder_size"
+HERE = Path(__file__).resolve().parent          # notebooks/studies/folder_size: results and grids
+ROOT = HERE.parents[2]
+FOLDER = ROOT / "data" / "twemoji-things"
+OUT = HERE
 
 
 def training_subset(everything, n):

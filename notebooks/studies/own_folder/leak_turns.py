@@ -15,7 +15,7 @@ fine-tuning alone does; general-aug is what a learner gets by default (the gener
 the augmentation input from its start, fine-tuned 5 minutes with p = 0.2, told). Writes results/leak_turns.json, and for each 5-minute network up to 16 samples
 the judge confidently calls turned (results/portraits-<method>-turned.png).
 
-    .venv/bin/python notebooks/own_folder/leak_turns.py [--store /work/study-runs]
+    .venv/bin/python notebooks/studies/own_folder/leak_turns.py [--store /work/study-runs]
 """
 from __future__ import annotations
 

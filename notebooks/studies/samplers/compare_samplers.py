@@ -1,8 +1,8 @@
 """Every sampler scored by the course's evaluation protocol on the shipped reference weights (lesson 08).
 
-    .venv/bin/python notebooks/compare_samplers.py                      # diagnosis, then the sweep
-    .venv/bin/python notebooks/compare_samplers.py --part diagnosis     # one part
-    .venv/bin/python notebooks/compare_samplers.py --num-samples 64     # a quick look (not the protocol)
+    .venv/bin/python notebooks/studies/samplers/compare_samplers.py                      # diagnosis, then the sweep
+    .venv/bin/python notebooks/studies/samplers/compare_samplers.py --part diagnosis     # one part
+    .venv/bin/python notebooks/studies/samplers/compare_samplers.py --num-samples 64     # a quick look (not the protocol)
 
 The protocol (lesson 11): n = 512 samples from fresh seeds (1000, 1001, ... one per batch of 128:
 seeds no lesson draws previews with), one ``ScoreReference`` for every contender (the same real
@@ -16,8 +16,9 @@ Two parts. **diagnosis**: DDIM (eta = 0) and DPM-Solver++(2M) at 10 and 20 evalu
 first ran them, then one change at a time: the start (t = 999, sigma ~2e4, vs sigma <= 80), x0
 clipping (on / off / dynamic), the spacing (uniform in t vs Karras rho = 7), the last step.
 **sweep**: each sampler with the fixes at several numbers of network evaluations (NFE).
-Writes notebooks/samplers/results.json (read by lessons 08 and 09) and a 16-sample grid per contender;
-samples are cached in samplers/cache/ (not committed), so an interrupted run continues.
+Writes notebooks/studies/samplers/results.json (read by lessons 08 and 09) and a 16-sample grid per
+contender, next to this script; samples are cached in its cache/ (not committed), so an interrupted run
+continues.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from ddpm_lessons.schedule import NoiseSchedule
 from ddpm_lessons.training import REFERENCE_DIR, load_reference_weights, reference_prediction
 from ddpm_lessons.unet import build_unet
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent          # notebooks/studies/samplers: results, grids, cache/
 SEED = 1000                        # fresh: previews and lessons draw with seeds 0..63
 BATCH = 128
 REFERENCE = "ddpm-1000"
@@ -116,7 +117,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--num-samples", type=int, default=PROTOCOL_SAMPLES)
     p.add_argument("--part", choices=["diagnosis", "sweep", "all"], default="all")
-    p.add_argument("--out", default=str(HERE / "samplers"))
+    p.add_argument("--out", default=str(HERE))
     p.add_argument("--generate-only", action="store_true", help="draw and cache the samples, score nothing")
     args = p.parse_args(argv)
     out, n = Path(args.out), args.num_samples

@@ -1,4 +1,4 @@
-"""WIP #18 (branch distribute), a probe, not a test: run with PYTHONPATH=. .venv/bin/python notebooks/distribute/one_step_two_devices.py.
+"""WIP #18 (branch distribute), a probe, not a test: run with PYTHONPATH=. .venv/bin/python notebooks/studies/distribute/one_step_two_devices.py.
 Prototype: one step on 2 logical CPU devices (MirroredStrategy) vs one device, same global batch,
 same t and noise; global-norm clip engaged, applied to the all-reduced gradients."""
 import os, sys

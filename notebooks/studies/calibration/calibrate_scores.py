@@ -6,8 +6,8 @@ at 32x32, n = min(512, half the folder) images per set, every set scored against
 half B with the same subsets (so differences are paired):
 
     real       n images of the other half A (the floor: a perfect model)
-    final      a finished run's samples          (calibration/<folder>_final.npz)
-    early      the same recipe after 200 steps   (calibration/<folder>_early.npz)
+    final      a finished run's samples          (<folder>_final.npz, in this folder)
+    early      the same recipe after 200 steps   (<folder>_early.npz)
     blobs      half A phase-randomised: each picture's colours and textures, no thing in it
     blur1/2    half A blurred, sigma = 1 / 2 px
     noise      Gaussian noise, clipped
@@ -20,9 +20,9 @@ Candidates: KID in the emoji feature network (trained on the shipped data), KID 
 convolutional network (never trained: the same on any folder), the same network averaged over a 4x4
 grid instead of the whole picture (``layout_feature_fn``), KID in another random network applied to
 the pictures' fine detail (``detail_feature_fn``: x - blur(x), amplified 4x), and SWD. Writes
-calibration/results.json; ~8 minutes:
+notebooks/studies/calibration/results.json; ~8 minutes:
 
-    .venv/bin/python notebooks/calibrate_scores.py
+    .venv/bin/python notebooks/studies/calibration/calibrate_scores.py
 """
 import json
 import time
@@ -36,10 +36,11 @@ from ddpm_lessons.metrics import (as_unit_float, detail_feature_fn, feature_fn, 
 from ddpm_lessons.metrics.features import layout_feature_fn
 from ddpm_lessons.metrics.references import blob_images
 
-HERE = Path(__file__).resolve().parent
-OUT = HERE / "calibration"
-FOLDERS = {"emoji": default_dataset_path(), "twemoji": HERE.parent / "data" / "twemoji-things",
-           "photos": HERE.parent / "data" / "tuxpaint-photos"}
+HERE = Path(__file__).resolve().parent                  # notebooks/studies/calibration: the sets and results
+ROOT = HERE.parents[2]
+OUT = HERE
+FOLDERS = {"emoji": default_dataset_path(), "twemoji": ROOT / "data" / "twemoji-things",
+           "photos": ROOT / "data" / "tuxpaint-photos"}
 CANDIDATES = {"emoji-net": feature_fn, "random-net": random_feature_fn, "layout-net": layout_feature_fn,
               "detail-net": detail_feature_fn}
 CHAINS = (["real", "final", "early"], ["real", "blur1", "blur2", "noise"])   # training progress; blur

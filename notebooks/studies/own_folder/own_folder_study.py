@@ -17,11 +17,11 @@ then scores each snapshot by the course's protocol (lesson 11):
         on layout features told turned from upright cut-out photographs better than 45% of the time,
         chance 25%, so no automatic count is made)
 
-    .venv/bin/python notebooks/own_folder/own_folder_study.py --folder photos-100 --method general
-    .venv/bin/python notebooks/own_folder/own_folder_study.py --folder photos-100 --method general --evaluate
+    .venv/bin/python notebooks/studies/own_folder/own_folder_study.py --folder photos-100 --method general
+    .venv/bin/python notebooks/studies/own_folder/own_folder_study.py --folder photos-100 --method general --evaluate
 
 Snapshots go to --store (default /work/study-runs; large, not in the repository); results and
-grids to notebooks/own_folder/results/.
+grids to notebooks/studies/own_folder/results/.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]          # notebooks/studies/own_folder/ -> the repository
 sys.path.insert(0, str(ROOT))
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -65,7 +65,7 @@ N_SAMPLES, SAMPLE_SEED = 512, 1000
 
 def read_folder(spec: str, size: int):
     """Pictures of ``data/<name>`` as uint8; "name:N" is a fixed random N of them (seeded by N, as
-    notebooks/folder_size_study.py draws them)."""
+    notebooks/studies/folder_size/folder_size_study.py draws them)."""
     from ddpm_lessons.data import read_image_folder
     name, _, n = spec.partition(":")
     images, _ = read_image_folder(ROOT / "data" / name, size)

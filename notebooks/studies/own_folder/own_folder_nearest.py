@@ -8,7 +8,7 @@ samples, rows 2 and 4 the training picture nearest to the one above it. The dist
 results/nearest.json. Needs the study folders (data/build_tuxpaint_photos.py); the figures are stored so
 that the lesson can show them without the folders.
 
-    .venv/bin/python notebooks/own_folder/own_folder_nearest.py [grid.png ...]
+    .venv/bin/python notebooks/studies/own_folder/own_folder_nearest.py [grid.png ...]
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE.parents[2]))          # the repository (notebooks/studies/own_folder/ is 3 deep)
 sys.path.insert(0, str(HERE))
 
 from own_folder_study import FOLDERS, RESULTS, read_folder  # noqa: E402

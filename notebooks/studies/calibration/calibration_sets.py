@@ -12,10 +12,10 @@ network evaluations), from fresh seeds (not the previews' or the final grid's):
              here, from scratch)
 
 Real, blurred, blob and noise sets are made from the folder itself by ``calibrate_scores.py`` and
-``calibrate_verdict.py``. Writes notebooks/calibration/<folder>_<set>.npz (uint8 (512, 32, 32, 3)).
+``calibrate_verdict.py``. Writes notebooks/studies/calibration/<folder>_<set>.npz (uint8 (512, 32, 32, 3)).
 About 3 minutes per early set and 1 per final set on 2 cores:
 
-    .venv/bin/python notebooks/calibration_sets.py --twemoji-run runs/<twemoji run> --photos-run runs/<photos run>
+    .venv/bin/python notebooks/studies/calibration/calibration_sets.py --twemoji-run runs/<twemoji run> --photos-run runs/<photos run>
 """
 import argparse
 from pathlib import Path
@@ -30,10 +30,11 @@ from ddpm_lessons.schedule import NoiseSchedule
 from ddpm_lessons.training import Trainer, TrainConfig, load_reference_weights
 from ddpm_lessons.unet import build_unet
 
-HERE = Path(__file__).resolve().parent
-OUT = HERE / "calibration"
-FOLDERS = {"emoji": default_dataset_path(), "twemoji": HERE.parent / "data" / "twemoji-things",
-           "photos": HERE.parent / "data" / "tuxpaint-photos"}
+HERE = Path(__file__).resolve().parent                  # notebooks/studies/calibration: the sets and results
+ROOT = HERE.parents[2]
+OUT = HERE
+FOLDERS = {"emoji": default_dataset_path(), "twemoji": ROOT / "data" / "twemoji-things",
+           "photos": ROOT / "data" / "tuxpaint-photos"}
 NUM, SEED, EARLY_STEPS = 512, 5000, 200
 
 

@@ -9,9 +9,13 @@
     blocks     time embedding, residual block, down/up sampling          lesson 04
     attention  self-attention over pixels, by hand                       lesson 05
     unet       the assembled U-Net                                       lesson 06
+    diffusion  the objective: noised(x0, t) and predict(output) for eps/v  lessons 07, 08, 12
     training   the Trainer: loss (eps or v, weighting), EMA, checkpoints lessons 07, 12, 14
+    progress   plain progress lines for logs (a Progbar in terminals)    lesson 07
+    weights    the shipped networks as float16 files, loaded by path     lessons 08-10, 13
     sampling   DDPM, DDIM, DPM-Solver++(2M), EDM Heun, DDIM inversion    lesson 08
     runs       run folders, the step rule, the time estimate, PNGs out   lessons 09, 10
+    locks      one training process per run folder (fcntl.flock)        lesson 07
     augment    non-leaking augmentation: transforms and their labels     lesson 10
     metrics    KID, SWD, the copy check, the protocol, the verdict       lesson 11
     bench      speed against the machine's limit (python -m ...bench)    (script)

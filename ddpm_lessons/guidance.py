@@ -76,7 +76,7 @@ def load_conditional_reference():
     ``settings.json`` as ``runs.read_settings`` gives it: the knobs as a Profile under "profile",
     the kinds and class names under "labels"."""
     from .runs import read_settings
-    from .training import load_compact_weights
+    from .weights import load_compact_weights
     from .unet import build_unet
     path = CONDITIONAL_DIR / CONDITIONAL_WEIGHTS
     if not path.exists():

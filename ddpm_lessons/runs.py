@@ -22,7 +22,8 @@ The command line is what ``make train`` and ``make generate`` call::
 
 A user mistake (a missing or empty folder, no usable picture, a changed folder) ends the command
 with a message that names the path and what to do, and exit status 2: never a traceback.
-This module imports neither matplotlib nor ipywidgets.
+This module imports neither matplotlib nor ipywidgets. It is the command-line layer (about 660 lines):
+each part is a step in one run folder's life, and they share its settings and its checks.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ from .locks import locked_by_another
 
 # The default number of steps is the profile's train_steps, but never more than MAX_PASSES passes
 # over the data: a small folder is otherwise seen hundreds of times and the network learns to
-# give its pictures back (measured in lesson 10, section 5: notebooks/folder_size_study.py).
+# give its pictures back (measured in lesson 10, section 5:
+# notebooks/studies/folder_size/folder_size_study.py).
 MAX_PASSES = 200
 MIN_STEPS = 200          # fewer steps than this give blurs on any folder (lesson 09's previews)
 MIN_PICTURES = 10       # fewer: nothing to learn but the pictures themselves, no halves to judge
@@ -114,7 +116,7 @@ def default_train_steps(num_images: int, batch_size: int, profile_steps: int,
     return int(min(profile_steps, max(min_steps, by_passes)))
 
 
-# The default for a learner's own folder (lesson 10, section 7; notebooks/own_folder/): fine-tune the
+# The default for a learner's own folder (lesson 10, section 7; notebooks/studies/own_folder/): fine-tune the
 # shipped general prior for at most FINETUNE_STEPS steps with the non-leaking augmentation at
 # FINETUNE_AUGMENT. INIT=scratch, STEPS=, AUGMENT= choose otherwise.
 FINETUNE_STEPS = 429        # the study's 5-minute budget on a 2-core CPU
@@ -132,7 +134,7 @@ def choose_init(shipped_data: bool, profile: Profile, conditional: bool = False)
     if profile.name != "cpu" or profile.image_size != PROFILES["cpu"].image_size:
         return "", (f"the shipped general prior is the cpu profile's U-Net at 32x32, not the {profile.name} "
                     f"profile's at {profile.image_size}x{profile.image_size}: from scratch")
-    from .training import SHIPPED
+    from .weights import SHIPPED
     if not (SHIPPED["general"] / "settings.json").exists():
         return "", "the shipped general prior is missing from the package's assets: from scratch"
     return "general", ("your own folder: fine-tuning the shipped general prior gives objects in minutes where "
@@ -267,7 +269,7 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
     if augment is not None:
         profile = profile.replace(augment_p=float(augment))     # Profile validates p
     if init_from:
-        from .training import shipped_settings
+        from .weights import shipped_settings
         profile = profile.replace(augment_dim=shipped_settings(init_from).get("augment_dim", 0))
         if profile.augment_p > 0 and not profile.augment_dim:
             raise UserError(f"AUGMENT={profile.augment_p:g} with INIT={init_from}: the shipped {init_from} network "
@@ -634,7 +636,7 @@ def main(argv=None) -> int:
                 raise UserError(f"INIT={args.init} and CONDITIONAL=1 cannot go together: the shipped weights are "
                                 "an unconditional U-Net; a conditional one trains from scratch")
             if init in SHIPPED_NAMES:
-                from .training import SHIPPED
+                from .weights import SHIPPED
                 if not (SHIPPED[args.init] / "settings.json").exists():
                     raise UserError(f"INIT={args.init}: the shipped weights are missing from the package's "
                                     f"assets ({SHIPPED[args.init].name}); train from scratch (INIT=scratch)")

@@ -24,6 +24,9 @@ and each step uses the exact sigma of the timestep it rounded to: the solver and
 Indices are 0-based as in ``schedule.py``. Everything is rank-agnostic TensorFlow: x may be (B, 2)
 points (lesson 03) or (B, H, W, C) images. ``eps_fn(x_t, t)`` takes x_t (B, ...) and t (B,) int32
 and returns a tensor shaped like x_t.
+
+One module of about 680 lines on purpose: the four samplers are step functions of one compiled
+loop and share its grid, start and denoising context; apart, each would import all of it.
 """
 from __future__ import annotations
 

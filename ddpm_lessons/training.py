@@ -27,6 +27,10 @@ iterator, checkpoints them all with ``tf.train.CheckpointManager``, and resumes 
 stopped. A step whose loss is NaN or Inf is not taken (no update, no EMA, no count), and training
 stops with the step number and a hint before anything is saved, so the last good checkpoint stays
 intact. This module imports neither matplotlib nor ipywidgets.
+
+One module of about 600 lines: the step, its statistics on the device, the checkpoint and the
+resumed data order are one state that a checkpoint must save together. What stands apart went to
+``progress.py`` (log lines), ``weights.py`` (shipped networks), ``locks.py`` and ``diffusion.py``.
 """
 from __future__ import annotations
 
@@ -46,6 +50,10 @@ import tensorflow as tf
 from .profiles import resolve_compile
 from .diffusion import LOSS_WEIGHTINGS, PREDICTIONS, Diffusion, check_target  # noqa: F401 (re-exported)
 from .locks import hold
+from .progress import PROGRESS_MODES, ProgressLines, format_duration, progress_mode  # noqa: F401 (the loop's; re-exported)
+from .weights import (GENERAL_DIR, REFERENCE_DIR, REFERENCE_WEIGHTS, SHIPPED, load_compact_weights,  # noqa: F401
+                      load_reference_weights, load_shipped_weights, reference_prediction, save_compact_weights,
+                      shipped_settings)   # re-exported: lessons 08-13 import them from here
 from .schedule import NoiseSchedule
 from .augment import augment_labels, apply_augmentations, draw_augmentations
 from .unet import augment_dim, float32_copy, label_classes, network_inputs
@@ -112,98 +120,6 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps}
 
 
-REFERENCE_DIR = Path(__file__).resolve().parent / "assets" / "reference_cpu"
-REFERENCE_WEIGHTS = "ema.float16.npz"
-
-
-def save_compact_weights(model: keras.Model, path) -> Path:
-    """Save ``model``'s weights as float16 in a compressed ``.npz`` (half the size of float32), with
-    each weight's path, for the shipped reference. float16 keeps 11 significant bits: a relative
-    rounding error of at most 2^-11 = 0.05% per weight."""
-    path = Path(path)
-    weights = model.weights
-    np.savez_compressed(path, paths=np.array([w.path for w in weights]),
-                        **{f"w{i}": np.asarray(w.numpy(), np.float16) for i, w in enumerate(weights)})
-    return path
-
-
-def load_compact_weights(model: keras.Model, path) -> keras.Model:
-    """Load weights saved by ``save_compact_weights`` into ``model`` (cast back to its float32 variables),
-    each by its stored path (not by position: two kernels of equal shape cannot swap). A file whose
-    paths or shapes differ from the model's is refused, naming the first weight that does not fit."""
-    path = Path(path)
-    with np.load(path) as data:
-        paths = [str(p) for p in data["paths"]]
-        stored = {p: data[f"w{i}"] for i, p in enumerate(paths)}
-    mine = [w.path for w in model.weights]
-    if len(set(mine)) != len(mine) or len(stored) != len(paths):
-        raise ValueError(f"{path.name}: weight paths repeat, so they cannot be matched by name")
-    missing, extra = [p for p in mine if p not in stored], [p for p in paths if p not in set(mine)]
-    if missing or extra:
-        raise ValueError(f"{path.name} holds {len(paths)} weights, the model has {len(mine)}; "
-                         + (f"the file has {extra[0]!r}, which the model has not" if extra else
-                            f"the model's {missing[0]!r} is not in the file")
-                         + ": it was saved from another network")
-    for w in model.weights:
-        if tuple(stored[w.path].shape) != tuple(w.shape):
-            raise ValueError(f"{path.name}: the weight {w.path} has shape {stored[w.path].shape}, the model's "
-                             f"has {tuple(w.shape)}: it was saved from another network")
-    for w in model.weights:
-        w.assign(stored[w.path].astype(np.float32))
-    return model
-
-
-def reference_prediction() -> str:
-    """What the shipped reference network predicts ("eps" or "v"), from its settings.json."""
-    settings = json.loads((REFERENCE_DIR / "settings.json").read_text())
-    return settings.get("profile", {}).get("prediction", "eps")
-
-
-def load_reference_weights(model: keras.Model, prediction: str | None = None) -> keras.Model:
-    """Load the shipped reference run's EMA weights (``assets/reference_cpu``) into ``model``, which must be
-    the ``cpu`` profile's U-Net (``build_unet(get_profile("cpu"))``): ``load_shipped_weights(model,
-    "reference", prediction)``, which refuses weights that predict another target than ``prediction``."""
-    return load_shipped_weights(model, "reference", prediction)
-
-
-GENERAL_DIR = Path(__file__).resolve().parent / "assets" / "general_cpu"
-SHIPPED = {"reference": REFERENCE_DIR, "general": GENERAL_DIR}   # INIT= name -> folder of ema.float16.npz
-
-
-def shipped_settings(name: str) -> dict:
-    """The profile (a dict) that the shipped network ``name`` ("reference": the emoji run of lesson 09;
-    "general": the broad prior of lesson 10) was trained with, from its settings.json."""
-    if name not in SHIPPED:
-        raise ValueError(f"INIT={name!r} is not known: give one of {', '.join(SHIPPED)}, or leave it empty "
-                         "to train from scratch")
-    path = SHIPPED[name] / "settings.json"
-    if not path.exists():
-        raise FileNotFoundError(f"the shipped {name} network is missing ({path.parent.name}/settings.json in the "
-                                "package's assets): train from scratch (no INIT=)")
-    return json.loads(path.read_text())["profile"]
-
-
-def load_shipped_weights(model: keras.Model, name: str, prediction: str | None = None) -> keras.Model:
-    """Load the shipped network ``name``'s EMA weights (``SHIPPED``) into ``model``, which must be the
-    same U-Net: a model of another image size, prediction target or augmentation input is refused with
-    a ValueError that names the difference and what to do."""
-    saved = shipped_settings(name)
-    size = int(model.input_shape[0][1])
-    if size != saved["image_size"]:
-        raise ValueError(f"the shipped {name} network is for {saved['image_size']}x{saved['image_size']} "
-                         f"pictures, this U-Net for {size}x{size}: leave SIZE= out with INIT={name}, or "
-                         "train from scratch")
-    if prediction is not None and prediction != saved.get("prediction", "eps"):
-        raise ValueError(f"the shipped {name} network predicts {saved.get('prediction', 'eps')!r}, but this run "
-                         f"uses prediction={prediction!r}: start from scratch (no INIT={name}), or set the "
-                         f"profile's prediction to {saved.get('prediction', 'eps')!r}")
-    from .unet import augment_dim
-    if augment_dim(model) != saved.get("augment_dim", 0):
-        raise ValueError(f"the shipped {name} network has augment_dim={saved.get('augment_dim', 0)}, this U-Net "
-                         f"{augment_dim(model)}: build it with build_unet(..., augment_dim={saved.get('augment_dim', 0)})")
-    return load_compact_weights(model, SHIPPED[name] / REFERENCE_WEIGHTS)
-
-
 def pick_strategy(setting: str = "auto", gpus: int | None = None):
     """(a ``tf.distribute.Strategy`` or None, why) for training.
 
@@ -219,6 +135,28 @@ def pick_strategy(setting: str = "auto", gpus: int | None = None):
     if gpus > 1:
         return tf.distribute.MirroredStrategy(), f"{gpus} GPUs: MirroredStrategy, the global batch split across them"
     return None, f"{gpus} GPU{'s' * (gpus != 1)}: one device"
+
+
+def all_finite(tensors):
+    """One boolean: no NaN or Inf in any of ``tensors`` (the gradients)."""
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in tensors])
+
+
+class AdamClippedAfterSum(keras.optimizers.Adam):
+    """Adam whose ``global_clipnorm`` bounds the gradient summed over the replicas of a
+    ``tf.distribute`` strategy. Keras clips what ``apply`` is given, and its TensorFlow backend sums
+    it over the replicas afterwards, so each replica's part would be clipped alone; here the clip
+    moves after that sum. On one device the sum is the gradient itself: the same as Keras's clip."""
+
+    def _clip_gradients(self, grads):
+        return grads if self.global_clipnorm else super()._clip_gradients(grads)
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        summed = super()._all_reduce_sum_gradients(grads_and_vars)
+        if not self.global_clipnorm:
+            return summed
+        clipped = super()._clip_gradients([g for g, _ in summed])       # Keras's clip, on the sum
+        return list(zip(clipped, [v for _, v in summed]))
 
 
 class TrainingDiverged(FloatingPointError):
@@ -258,9 +196,9 @@ class Trainer:
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             # The EMA model computes in float32 whatever the training policy: it is what we sample from.
             self.ema_model = float32_copy(model)
-            # Under a strategy the step clips the *all-reduced* gradients itself (_replica_step).
-            self.optimizer = keras.optimizers.Adam(WarmupSchedule(c.learning_rate, c.warmup_steps),
-                                                   global_clipnorm=(c.grad_clip or None) if strategy is None else None)
+            # The clip bounds the gradient summed over the replicas (one device: the gradient).
+            self.optimizer = AdamClippedAfterSum(WarmupSchedule(c.learning_rate, c.warmup_steps),
+                                                   global_clipnorm=c.grad_clip or None)
             if self.mixed_precision:   # float16 gradients underflow: scale the loss up, the gradients down
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             # Build the optimizer now: otherwise its slots are created inside the first compiled
@@ -331,28 +269,28 @@ class Trainer:
                 loss = tf.reduce_mean(per_example)
                 scaled = self.optimizer.scale_loss(loss) if self.mixed_precision else loss
         grads = tape.gradient(scaled, self.model.trainable_variables)
-        took = self._apply_if_finite(loss, grads)
-        self._count(took, loss, per_example, t, grads)
+        loss_ok, grads_ok = tf.math.is_finite(loss), all_finite(grads)
+        took = self._apply_if_finite(loss_ok, grads_ok, lambda: self.optimizer.apply(grads, self.model.trainable_variables))
+        tf.cond(took, self._ema_update_and_count, lambda: tf.constant(False))
+        self._count(took, loss, per_example, t, grads_ok)
         return loss, per_example, t
 
-    def _apply_if_finite(self, loss, grads):
-        """Apply ``grads`` only when the loss is finite (and, outside float16, the gradients too) and no
-        earlier step went bad; then the EMA and the step counter. Returns whether the step was taken.
+    def _apply_if_finite(self, loss_ok, grads_ok, apply):
+        """Run ``apply()`` (the optimizer's update) only when the loss is finite (and, outside float16,
+        the gradients too) and no earlier step went bad. Returns whether the step counts as taken.
         In float16 the ``LossScaleOptimizer`` itself skips gradients that overflowed (and halves the
         scale): such a step is not taken either, so ``step`` stays equal to ``optimizer.iterations``."""
-        healthy = tf.logical_and(tf.math.is_finite(loss), self._stats["bad_step"] < 0)
-        grads_ok = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        healthy = tf.logical_and(loss_ok, self._stats["bad_step"] < 0)
         took = tf.logical_and(healthy, grads_ok)
 
-        def apply():
-            self.optimizer.apply(grads, self.model.trainable_variables)
+        def run():
+            apply()
             return tf.constant(True)
 
-        tf.cond(healthy if self.mixed_precision else took, apply, lambda: tf.constant(False))
-        tf.cond(took, self._ema_update_and_count, lambda: tf.constant(False))
+        tf.cond(healthy if self.mixed_precision else took, run, lambda: tf.constant(False))
         return took
 
-    def _count(self, took, loss, per_example, t, grads=()):
+    def _count(self, took, loss, per_example, t, grads_ok=True):
         """Add one step to the device statistics (``_stats``): its loss and per-timestep-bucket losses if
         it was taken, and its number if it is the first whose loss (or float32 gradient) is not finite."""
         s, buckets = self._stats, self.config.loss_buckets
@@ -365,8 +303,8 @@ class Trainer:
             tf.where(took, per_example, tf.zeros_like(per_example)), which, buckets))
         s["bucket_count"].assign_add(tf.math.unsorted_segment_sum(keep * tf.ones_like(per_example), which, buckets))
         bad = tf.logical_not(tf.math.is_finite(loss))
-        if not self.mixed_precision and grads:
-            bad = tf.logical_or(bad, tf.logical_not(tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])))
+        if not self.mixed_precision:     # in float16 an overflow is the loss scale's business, not a fault
+            bad = tf.logical_or(bad, tf.logical_not(grads_ok))
         first = tf.logical_and(bad, s["bad_step"] < 0)
         s["bad_step"].assign(tf.where(first, self.step + 1, s["bad_step"]))
         s["bad_loss"].assign(tf.where(first, tf.cast(loss, tf.float32), s["bad_loss"]))
@@ -397,17 +335,17 @@ class Trainer:
     # ------------------------------------------------------------------ the step on several devices
     def _distributed_step(self, x0, labels=None):
         """One step under ``self.strategy``: each replica runs ``_replica_step`` on its part of the
-        global batch; the EMA and the step counter are updated once, in cross-replica context.
+        global batch (and takes the update); the EMA and the step counter
+        are updated once, in cross-replica context, if the step was taken.
         Returns (mean loss over the global batch, per-example loss (B,), t (B,)), as ``_train_step``."""
         args = (x0,) if labels is None else (x0, labels)
-        loss, per_example, t = self.strategy.run(self._replica_step, args=args)
+        loss, per_example, t, grads_ok = self.strategy.run(self._replica_step, args=args)
         loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+        grads_ok = self.strategy.experimental_local_results(grads_ok)[0]     # the same on every replica
         per_example, t = self.strategy.gather(per_example, axis=0), self.strategy.gather(t, axis=0)
-        # The replicas have applied their gradients already (Keras's apply runs in replica context);
-        # the EMA and the counter follow only a finite loss. Not yet: skipping the update itself.
-        took = tf.logical_and(tf.math.is_finite(loss), self._stats["bad_step"] < 0)
+        took = tf.logical_and(tf.logical_and(tf.math.is_finite(loss), self._stats["bad_step"] < 0), grads_ok)
         tf.cond(took, self._ema_update_and_count, lambda: tf.constant(False))
-        self._count(took, loss, per_example, t)
+        self._count(took, loss, per_example, t, grads_ok)
         return loss, per_example, t
 
     def _replica_step(self, x0, labels=None):
@@ -416,14 +354,14 @@ class Trainer:
         t, the noise and the label dropout are drawn for the whole global batch from stateless seeds
         (config.seed, step) and each replica takes its slice, so R replicas draw exactly what one
         device would. The loss is this replica's sum / B (the replicas' losses add up to the global
-        mean), the gradients are all-reduced (sum), clipped by their global norm (config.grad_clip:
-        after the all-reduce, as on one device), and Keras's ``apply`` is given 1/R of them: it sums
-        what the replicas pass (measured: notebooks/distribute/one_step_two_devices.py). In float16
-        the loss is scaled as on one device; the clip then bounds the scaled norm by grad_clip x scale,
-        which is the same clip, and ``LossScaleOptimizer`` unscales (or skips a non-finite step)."""
+        mean). The gradients are summed over the replicas once, by the optimizer's ``apply`` (Keras's
+        TensorFlow optimizer all-reduces what each replica gives it), and clipped by the global norm of
+        that sum (``AdamClippedAfterSum``, as on one device). Whether the loss and the gradients are
+        finite is agreed by all replicas, so that they skip a bad step together. In float16 the loss is
+        scaled as on one device and ``LossScaleOptimizer`` unscales (or skips a step that overflowed).
+        Returns (loss part, per-example loss (b,), t (b,), whether the gradients were finite)."""
         c = self.config
         ctx = tf.distribute.get_replica_context()
-        replicas = ctx.num_replicas_in_sync
         b = tf.shape(x0)[0]                      # the parts differ by one when R does not divide B
         sizes = ctx.all_gather(tf.reshape(b, [1]), axis=0)          # (R,) every replica's part
         total = tf.reduce_sum(sizes)
@@ -446,12 +384,30 @@ class Trainer:
             per_example = weight * tf.reduce_mean(tf.square(target - out), axis=[1, 2, 3])
             loss = tf.reduce_sum(per_example) / tf.cast(total, per_example.dtype)
             scaled = self.optimizer.scale_loss(loss) if self.mixed_precision else loss
-        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tape.gradient(scaled, self.model.trainable_variables))
-        if c.grad_clip:
-            scale = self.optimizer.dynamic_scale if self.mixed_precision else 1.0
-            grads, _ = tf.clip_by_global_norm(grads, c.grad_clip * scale)
-        self.optimizer.apply([g / tf.cast(replicas, g.dtype) for g in grads], self.model.trainable_variables)
-        return loss, per_example, t
+        grads = tape.gradient(scaled, self.model.trainable_variables)
+        # All replicas agree whether the step is sound: one all-reduce of two counts of replicas in trouble.
+        trouble = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(
+            tf.logical_not(tf.stack([tf.math.is_finite(loss), all_finite(grads)])), tf.float32))
+        loss_ok, grads_ok = trouble[0] == 0, trouble[1] == 0
+        if self.mixed_precision:
+            # LossScaleOptimizer skips gradients that are not finite (and halves its scale), judging by one
+            # replica's: every replica's are made non-finite when the step is not sound.
+            sound = tf.logical_and(tf.logical_and(loss_ok, grads_ok), self._stats["bad_step"] < 0)
+            poison = tf.where(sound, tf.constant(1.0, grads[0].dtype), tf.constant(float("nan"), grads[0].dtype))
+            self.optimizer.apply([g * poison for g in grads], self.model.trainable_variables)
+        else:
+            ctx.merge_call(self._apply_together, args=(grads, loss_ok, grads_ok))
+        return loss, per_example, t, grads_ok
+
+    def _apply_together(self, strategy, grads, loss_ok, grads_ok):
+        """In cross-replica context: every replica applies its gradients, or none does
+        (``_apply_if_finite``; a ``tf.cond`` around a merge must stand here, as in Keras's
+        LossScaleOptimizer). Each replica's ``apply`` sums the parts over the replicas (Keras's
+        TensorFlow optimizer does, in replica context) and then clips the sum (``AdamClippedAfterSum``)."""
+        first = lambda v: strategy.experimental_local_results(v)[0]          # noqa: E731  (the same on every replica)
+        variables = self.model.trainable_variables
+        self._apply_if_finite(first(loss_ok), first(grads_ok), lambda: strategy.extended.call_for_each_replica(
+            self.optimizer.apply, args=(grads, variables)))
 
     def _split(self, batch):
         """(images, labels or None) from a batch; a conditional U-Net needs the labels."""
@@ -653,65 +609,3 @@ class Trainer:
         edges = np.linspace(0, self.schedule.T, self.config.loss_buckets + 1)
         with np.errstate(invalid="ignore", divide="ignore"):
             return edges, self.bucket_sum / self.bucket_count
-
-
-# ----------------------------------------------------------------------------- progress
-
-PROGRESS_MODES = ("bar", "lines")
-
-
-def progress_mode(progress=True, environ=None):
-    """"bar", "lines" or None for ``Trainer.fit(progress=...)``: True reads ``DDPM_PROGRESS``
-    (``make train`` sets "lines" when its output is not a terminal), "bar" when it is unset."""
-    if progress is False or progress is None:
-        return None
-    if progress is True:
-        progress = (os.environ if environ is None else environ).get("DDPM_PROGRESS", "").strip().lower() or "bar"
-    if progress not in PROGRESS_MODES:
-        raise ValueError(f"progress={progress!r}: give True, False, 'bar' or 'lines' "
-                         f"(DDPM_PROGRESS=bar or DDPM_PROGRESS=lines)")
-    return progress
-
-
-def format_duration(seconds: float) -> str:
-    """0:07, 12:30, 1:02:03."""
-    s = int(round(max(0.0, seconds)))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
-class ProgressLines:
-    """Training progress as plain lines, for output that is not a terminal (``make train | tee log``,
-    a CI log): at most one line every ``every`` seconds, and one for the last step::
-
-        step 120/1800  loss 0.0812  96 img/s  elapsed 1:02  left ~8:40
-
-    loss is the mean over the steps since the previous line; img/s counts the images of those steps
-    over the seconds spent in them (previews and checkpoints not counted); elapsed is the wall time
-    since training started, and left the steps still to go at the average pace so far (previews
-    included). ``clock`` (seconds) and ``write`` (one line) can be replaced: the tests use a fake clock.
-    """
-
-    def __init__(self, total_steps: int, start_step: int = 0, every: float = 10.0,
-                 clock=time.perf_counter, write=None):
-        self.total, self.start, self.every, self.clock = int(total_steps), int(start_step), float(every), clock
-        self.write = write or (lambda line: print(line, flush=True))
-        self.t_start = self.t_last = clock()
-        self._losses, self._images, self._seconds = [], 0, 0.0
-
-    def update(self, step: int, loss, images: int, seconds: float):
-        """Count one training step (its loss, batch size and duration); write a line when ``every``
-        seconds have passed since the last one, or at the last step. Returns the line, or None."""
-        self._losses.append(float(loss))
-        self._images += int(images)
-        self._seconds += float(seconds)
-        now = self.clock()
-        if now - self.t_last < self.every and step < self.total:
-            return None
-        elapsed = now - self.t_start
-        line = (f"step {step}/{self.total}  loss {np.mean(self._losses):.4f}  "
-                f"{self._images / max(self._seconds, 1e-9):.0f} img/s  elapsed {format_duration(elapsed)}")
-        if step < self.total and step > self.start:
-            line += f"  left ~{format_duration(elapsed / (step - self.start) * (self.total - step))}"
-        self.t_last, self._losses, self._images, self._seconds = now, [], 0, 0.0
-        self.write(line)
-        return line

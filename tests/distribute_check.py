@@ -49,11 +49,26 @@ def max_diff(a, b):
     return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
 
 
+# Count the sums over replicas of the whole gradient list (one all_reduce call per replica per sum).
+gradient_sums = []
+_all_reduce = tf.distribute.ReplicaContext.all_reduce
+
+
+def counting_all_reduce(self, reduce_op, value, options=None):
+    gradient_sums.append(len(tf.nest.flatten(value)))
+    return _all_reduce(self, reduce_op, value, options)
+
+
+tf.distribute.ReplicaContext.all_reduce = counting_all_reduce
+
 out = {}
 clip = 0.05                                   # the gradient norm is ~0.25 here: the clip is engaged
 l1, t1, w1 = one_step(trainer(ONE, clip))
 two32 = trainer(TWO, clip)
+gradient_sums.clear()
 l2, t2, w2 = one_step(two32)
+n_weights = len(two32.model.trainable_variables)
+out["gradient_sums_per_replica"] = sum(n == n_weights for n in gradient_sums) / 2
 _, _, w_free = one_step(trainer(ONE, None))
 out.update(loss_one=l1, loss_two=l2, same_t=bool(np.array_equal(t1, t2)), weights=max_diff(w1, w2),
            unclipped_vs_clipped=max_diff(w1, w_free))
@@ -80,6 +95,19 @@ out.update(f16_loss_one=f1, f16_loss_two=f2,
            f16_grad_two_vs_one=max_diff(first_moments(one16), first_moments(two16)) / top,
            f16_grad_vs_f32=max_diff(first_moments(two16), m32) / top,
            f16_scale=float(two16.optimizer.dynamic_scale.numpy()), f16_skipped=int(two16.optimizer.iterations.numpy()) == 0)
+
+# A NaN in one replica's part of the batch: no replica takes the step (weights, EMA and counter as before)
+# and the statistics name the step.
+for precision, bad in (("float32", two32), ("float16", two16)):         # each has taken one step
+    before = [w.numpy() for w in bad.model.trainable_variables + bad.ema_model.trainable_variables]
+    poisoned = images[:8].copy()
+    poisoned[6, 0, 0, 0] = np.nan                              # image 6 is in the second replica's part
+    bad._compiled_step(next(iter(bad.strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices(poisoned).batch(8)))))
+    after = [w.numpy() for w in bad.model.trainable_variables + bad.ema_model.trainable_variables]
+    out[f"nan_{precision}_moved"] = max_diff(before, after) if all(np.isfinite(a).all() for a in after) else float("nan")
+    out[f"nan_{precision}_step"] = int(bad.step.numpy())
+    out[f"nan_{precision}_bad_step"] = int(bad._stats["bad_step"].numpy())
 
 data = tf.data.Dataset.from_tensor_slices(images).batch(8)      # two global batches of 8
 straight = trainer(TWO, clip)

@@ -41,14 +41,29 @@ def test_a_global_batch_that_the_replicas_do_not_divide_takes_the_same_step(meas
 
 
 def test_float16_with_loss_scaling_takes_the_same_step_on_two_replicas(measured):
-    """What precision "auto" picks on a GPU: the loss is scaled, the reduced gradients are clipped at
-    grad_clip x scale and LossScaleOptimizer unscales them. The gradient Adam receives (its first moment)
+    """What precision "auto" picks on a GPU: the loss is scaled, LossScaleOptimizer unscales the
+    gradients, and the inner Adam sums them over the replicas and clips the sum at grad_clip. The gradient Adam receives (its first moment)
     agrees with one device and with float32 to float16 rounding (stated: 1e-2 of its largest entry;
     measured 5e-4). A clip that forgot the scale would shrink it ~30,000-fold."""
     assert abs(measured["f16_loss_one"] - measured["f16_loss_two"]) < 1e-4, measured
     assert not measured["f16_skipped"] and measured["f16_scale"] > 1, measured
     assert measured["f16_grad_two_vs_one"] < 1e-2, measured
     assert measured["f16_grad_vs_f32"] < 1e-2, measured
+
+
+def test_the_gradients_are_summed_over_the_replicas_once(measured):
+    """Catches a step that all-reduces the gradients itself and then gives them to Keras's optimizer,
+    which sums them over the replicas again (twice the traffic; the step had to divide by R)."""
+    assert measured["gradient_sums_per_replica"] == 1, measured
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_a_nan_in_one_replicas_part_skips_the_step_on_every_replica(measured, precision):
+    """Catches replicas that apply their gradients before the loss is checked (each replica's weights
+    then turn NaN while the EMA and the counter stand still), and, in float16, a loss-scale optimizer
+    that judges the step by the first replica's gradients alone."""
+    assert measured[f"nan_{precision}_moved"] == 0.0, measured
+    assert measured[f"nan_{precision}_step"] == 1 and measured[f"nan_{precision}_bad_step"] == 2, measured
 
 
 def test_a_resumed_two_replica_run_continues_with_the_same_weights(measured):

@@ -280,3 +280,29 @@ def test_compact_weights_load_by_path_not_by_position(tmp_path):
     np.savez_compressed(tmp_path / "renamed.npz", paths=np.array(renamed), **{f"w{n}": v for n, v in enumerate(values)})
     with pytest.raises(ValueError, match="no_such_layer"):
         load_compact_weights(build_unet(SMALL), tmp_path / "renamed.npz")
+
+
+def test_the_clip_after_the_sum_is_kerass_clip_on_one_device():
+    """AdamClippedAfterSum moves Keras's global-norm clip after the (replica) sum; on one device the
+    sum is the gradient, so two steps must equal keras.optimizers.Adam(global_clipnorm=...)'s to the
+    bit, and the clip must be engaged (an unclipped step differs). Catches a clip that is skipped,
+    done twice, or done with another norm."""
+    import keras
+    from ddpm_lessons.training import AdamClippedAfterSum
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=(4, 3)).astype("float32"), rng.normal(size=(3,)).astype("float32")]
+    grads = [tf.constant(rng.normal(0, 5, size=w.shape).astype("float32")) for w in start]   # norm ~ 9 > clip
+
+    def two_steps(optimizer):
+        variables = [tf.Variable(w) for w in start]
+        optimizer.build(variables)
+        optimizer.apply(grads, variables)                                   # clipped (norm ~ 9)
+        optimizer.apply([g * 0.01 for g in grads], variables)               # not clipped: its update depends on
+        return [v.numpy() for v in variables]                               # the size the first step had
+
+    mine = two_steps(AdamClippedAfterSum(0.1, global_clipnorm=0.5))
+    kerass = two_steps(keras.optimizers.Adam(0.1, global_clipnorm=0.5))
+    free = two_steps(keras.optimizers.Adam(0.1))
+    for a, b in zip(mine, kerass):
+        np.testing.assert_array_equal(a, b)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(mine, free)) > 1e-3, "the clip must be engaged"

@@ -90,12 +90,14 @@ generate: $(STAMP)
 	@test -n "$(RUN)" || { echo "error: name a run folder: make generate RUN=runs/<run> N=100" >&2; exit 2; }
 	@$(BIN)/python -m ddpm_lessons.runs generate "$(RUN)" -n $(N) --seed $(SEED)
 
-# One pytest call runs the unit tests and every notebook (nbval costs ~4 s per call).
+# One pytest call runs the unit tests and every notebook (nbval costs ~4 s per call). DDPM_COMPILE=function:
+# a Trainer without a compile choice uses tf.function, whose first trace costs half of XLA's (which "auto"
+# picks on CPUs without AVX-512); tests/test_training.py checks that XLA takes the same step.
 test: $(STAMP)
-	DDPM_PROFILE=tiny $(BIN)/python -m pytest tests notebooks $(PYTEST_NB) -q
+	DDPM_PROFILE=tiny DDPM_COMPILE=function $(BIN)/python -m pytest tests notebooks $(PYTEST_NB) -q
 
 test-unit: $(STAMP)
-	DDPM_PROFILE=tiny $(BIN)/python -m pytest tests -q
+	DDPM_PROFILE=tiny DDPM_COMPILE=function $(BIN)/python -m pytest tests -q
 
 test-gpu: $(STAMP)
 	DDPM_PROFILE=gpu DDPM_MAX_STEPS=$(MAX_STEPS) $(BIN)/python -m pytest tests notebooks $(PYTEST_NB) -q

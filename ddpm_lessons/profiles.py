@@ -130,6 +130,9 @@ PROFILES = {
     "tiny": Profile(
         name="tiny", image_size=16, base_width=16, channel_mults=(1, 2), num_res_blocks=1,
         attention_resolutions=(8,), groups=4, batch_size=16, train_steps=30, learning_rate=1e-3,
+        # tf.function: XLA's first trace of this step costs 2-2.5x tf.function's (39-70 s against 18-27 s on
+        # a loaded 2-core Xeon), and 30-40 steps never earn it back: on a CPU without AVX-512 "auto" would pick XLA.
+        compile="function",
         warmup_steps=5, ema_decay=0.9, checkpoint_every=10, preview_every=20, lesson_train_steps=40,
         sampler="heun", sample_steps=5, sample_spacing="karras", sample_sigma_max=80.0, sample_churn=1.25,
         num_samples=16, verdict_samples=32, toy_train_steps=300, toy_width=64, toy_num_samples=1000),

@@ -67,7 +67,7 @@ class TrainConfig:
     ema_decay: float = 0.995
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
-    jit_compile: bool | None = None  # XLA; None = profiles.resolve_compile: a GPU or a CPU without AVX-512
+    jit_compile: bool | None = None  # XLA; None = $DDPM_COMPILE if set, else profiles.resolve_compile: a GPU or a CPU without AVX-512
     seed: int = 0
     loss_buckets: int = 10           # timestep buckets for the loss-by-t breakdown
     prediction: str = "eps"          # what the network predicts: "eps" or "v"
@@ -227,8 +227,8 @@ class Trainer:
         self.manager = (tf.train.CheckpointManager(self.checkpoint, str(self.checkpoint_dir),
                                                    max_to_keep=c.keep_checkpoints)
                         if self.checkpoint_dir else None)
-        if c.jit_compile is None:                      # XLA on a GPU and on CPUs without AVX-512
-            c.jit_compile = resolve_compile("auto")[0]
+        if c.jit_compile is None:    # XLA on a GPU and on CPUs without AVX-512; DDPM_COMPILE (make test) decides first
+            c.jit_compile = resolve_compile(os.environ.get("DDPM_COMPILE", "").strip() or "auto")[0]
         self._compiled_step = tf.function(self._train_step if strategy is None else self._distributed_step,
                                           jit_compile=c.jit_compile and strategy is None, reduce_retracing=True)
         self._elapsed = 0.0

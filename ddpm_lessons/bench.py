@@ -243,7 +243,7 @@ def forward_flops(model) -> tuple[int, dict]:
     _, h, w, c = model.input_shape[0]
     fn = tf.function(lambda x, t: model(network_inputs(model, x, t), training=False))
     concrete = fn.get_concrete_function(tf.TensorSpec([1, h, w, c], tf.float32),
-                                        tf.TensorSpec([1], tf.int32))
+                                        tf.TensorSpec([1], tf.float32))
     return graph_flops(concrete.graph)
 
 

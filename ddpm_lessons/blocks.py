@@ -87,6 +87,7 @@ class SinusoidalEmbedding(layers.Layer):
     """Layer form of ``timestep_embedding``: (B,) timesteps -> (B, dim). No weights."""
 
     def __init__(self, dim: int, max_period: float = 10000.0, **kwargs):
+        kwargs.setdefault("autocast", False)     # t stays float32 under a bfloat16 policy (999 -> 1000 in bf16)
         super().__init__(**kwargs)
         self.dim = int(dim)
         self.max_period = float(max_period)
@@ -105,10 +106,13 @@ class SinusoidalEmbedding(layers.Layer):
 class TimeEmbedding(layers.Layer):
     """t -> temb: sinusoidal(dim) -> Dense(hidden) -> swish -> Dense(hidden).
 
-    (B,) int -> (B, hidden). Ho et al. use dim = base width and hidden = 4 * base width.
+    (B,) float32 (or int) -> (B, hidden). Ho et al. use dim = base width and hidden = 4 * base width.
+    Its input is not cast to a mixed-precision policy's compute dtype: bfloat16 keeps 8 significant
+    bits, so t = 999 would become 1000 (the two Dense layers still compute in the policy's dtype).
     """
 
     def __init__(self, dim: int, hidden: int | None = None, **kwargs):
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.dim = int(dim)
         self.hidden = int(hidden or 4 * dim)

@@ -11,8 +11,11 @@ The trainer and every sampler step ask this object, not the formulas spread over
         v-prediction:   x0 = alpha_t x_t - sigma_t v,  eps = sigma_t x_t + alpha_t v   (no division)
 
 The tables alpha_t, sigma_t are built once in float64 from the schedule, with one more row for the clean
-image (t = END = -1: alpha = 1, sigma = 0), and cast once per dtype. ``t`` may be an int tensor (a
-trained timestep) of any shape that broadcasts after reshaping to (B, 1, ..., 1), or a scalar.
+image (t = END = -1: alpha = 1, sigma = 0), and cast once per dtype. ``t`` may be an int or float tensor
+holding trained timesteps, of any shape that broadcasts after reshaping to (B, 1, ..., 1), or a scalar.
+Time is not integer-only in the machinery around this object: the network's time input is a float,
+the samplers' grids are float32 and reach the tables and the network through ``gather`` and
+``network_time``, so an objective in continuous time (flow matching, EDM) replaces these two.
 The choice of target is checked here, in one place (``check_target``).
 """
 from __future__ import annotations
@@ -78,6 +81,11 @@ class Diffusion:
         t = tf.math.floormod(tf.cast(t, tf.int32), self.schedule.T + 1)
         values = tf.gather(self.table(name, x.dtype), t)
         return tf.reshape(values, [-1 if len(t.shape) else 1] + [1] * (len(x.shape) - 1))
+
+    def network_time(self, t):
+        """The time the network is given for grid time ``t``: a trained timestep (int32) for this
+        discrete schedule (a grid may carry it as a float). A continuous-time objective gives t itself."""
+        return tf.cast(t, tf.int32)
 
     def noised(self, x0, t, noise):
         """(x_t, the training target, the per-example loss weight (B,)) for clean x0 at timesteps t (B,)."""

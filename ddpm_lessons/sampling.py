@@ -20,6 +20,9 @@ Lesson 08 measures what this does to each sampler.
 Timesteps stay integers. The U-Net was trained on t in 0..T-1, so every grid here (uniform in t,
 or Karras et al.'s rho = 7 spacing in sigma, ``timestep_grid``) is rounded to trained timesteps,
 and each step uses the exact sigma of the timestep it rounded to: the solver and the network agree.
+The loop itself is not integer-only: grids travel as float32, and the step functions reach abar and
+the network's time input through the context (``gather``, ``Diffusion.network_time``), which is where
+a continuous-time objective would differ.
 
 Indices are 0-based as in ``schedule.py``. Everything is rank-agnostic TensorFlow: x may be (B, 2)
 points (lesson 03) or (B, H, W, C) images. ``eps_fn(x_t, t)`` takes x_t (B, ...) and t (B,) int32
@@ -178,12 +181,13 @@ class _Context:
         self.diffusion = diffusion or Diffusion(schedule, "eps")
 
     def gather(self, t):
-        """abar_t for a scalar timestep (END -> 1), shaped (1, 1, ..., 1)."""
-        a = tf.gather(self.abar, tf.math.floormod(t, self.schedule.T + 1))
+        """abar_t for a scalar grid time (END -> 1), shaped (1, 1, ..., 1)."""
+        a = tf.gather(self.abar, tf.math.floormod(tf.cast(t, tf.int32), self.schedule.T + 1))
         return tf.reshape(a, [1] * self.rank)
 
     def times(self, t):
-        return tf.fill([self.batch], t)
+        """(B,) copies of the time the network is given at grid time t (``Diffusion.network_time``)."""
+        return tf.fill([self.batch], self.diffusion.network_time(t))
 
     def denoise(self, x, t):
         """(eps, x0_hat) at scalar timestep t from ``predict`` (``Diffusion.predict``: a v-network's x0 is
@@ -333,7 +337,7 @@ def heun_loop_step(s_noise=1.0):
     """
     def step(x, i, grid, ctx):
         t, s = grid[i], grid[i + 1]
-        t_hat = tf.cast(ctx.extra[0, i], tf.int32)
+        t_hat = tf.cast(ctx.extra[0, i], grid.dtype)
         a_t, a_hat, a_s = ctx.gather(t), ctx.gather(t_hat), ctx.gather(s)
         sig = lambda a: tf.sqrt((1.0 - a) / a)
         sig_t, sig_hat, sig_s = sig(a_t), sig(a_hat), sig(a_s)
@@ -355,8 +359,15 @@ def heun_loop_step(s_noise=1.0):
 # ============================================================================ the loop
 
 def _noise_seed(seed, t):
-    """Stateless seed pair for the noise drawn at timestep t (t = T draws x_T): reproducible, XLA-safe."""
-    return tf.stack([tf.cast(seed, tf.int32), tf.cast(t, tf.int32)])
+    """Stateless seed pair for the noise drawn at grid time t (t = T draws x_T): reproducible, XLA-safe.
+    A whole-number t (every grid of a discrete schedule) keys it by its value, a fractional one (continuous
+    time) by its float32 bits, so two times never share a draw."""
+    if not tf.is_tensor(t) or t.dtype.is_integer:
+        return tf.stack([tf.cast(seed, tf.int32), tf.cast(t, tf.int32)])
+    t = tf.cast(t, tf.float32)
+    whole = tf.cast(t, tf.int32)
+    key = tf.where(tf.equal(tf.cast(whole, tf.float32), t), whole, tf.bitcast(t, tf.int32))
+    return tf.stack([tf.cast(seed, tf.int32), key])
 
 
 def initial_noise(shape, seed, T: int, dtype=tf.float32):
@@ -381,7 +392,7 @@ def make_loop(eps_fn, schedule: NoiseSchedule, step, key, clip_x0=None, keep_tra
               rank=None):
     """A compiled ``run(x, grid, extra, seed)`` applying ``step`` on every interval of ``grid``.
 
-    grid: decreasing int32 timesteps (K + 1,) ending in the target (END = -1 for x_0, or any later
+    grid: decreasing float32 times (K + 1,) (the discrete schedule's: whole timesteps) ending in the target (END = -1 for x_0, or any later
     timestep to stop part way); extra: float32 (rows, K) per-step numbers for the step function;
     seed: int32 scalar. One trace serves every grid length, batch and seed. With ``keep_trajectory``
     it also returns x and x0_hat before every step, stacked: (K, B, ...) each.
@@ -434,9 +445,9 @@ def run_loop(run, x, grid, extra, seed):
     and seed (the first call traces it with those sizes left open)."""
     x = tf.convert_to_tensor(x)
     with _quiet_tf_warnings():
-        run.get_concrete_function(tf.TensorSpec([None] + x.shape[1:], x.dtype), tf.TensorSpec([None], tf.int32),
+        run.get_concrete_function(tf.TensorSpec([None] + x.shape[1:], x.dtype), tf.TensorSpec([None], tf.float32),
                                   tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([], tf.int32))
-        return run(x, tf.constant(grid, tf.int32), tf.constant(extra, tf.float32),
+        return run(x, tf.constant(grid, tf.float32), tf.constant(extra, tf.float32),
                    tf.constant(int(seed), tf.int32))
 
 

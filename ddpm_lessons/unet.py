@@ -18,7 +18,9 @@ multipliers such as (1, 2, 2, 2) still halve the resolution at every level. The 
 zero-initialised (as in Ho et al.'s code): **a fresh U-Net predicts eps = 0 exactly**, so the
 first training loss is E[eps^2] = 1.
 
-Inputs: x_t (B, H, W, C) float32 and t (B,) int32. Output: (B, H, W, C) float32.
+Inputs: x_t (B, H, W, C) float32 and t (B,) float32 (Keras casts int timesteps: a DDPM network is trained
+on whole timesteps, but its time input is a real number, as continuous-time objectives need). Output:
+(B, H, W, C) float32.
 Call it as ``model([x_t, t])`` with both tensors or both NumPy arrays (Keras refuses a mix).
 """
 from __future__ import annotations
@@ -173,7 +175,7 @@ def _build(cfg, name):
         return SelfAttention2D(num_heads=cfg["num_heads"], groups=groups, name=label)
 
     x_in = keras.Input((size, size, cfg["channels"]), name="x_t")
-    t_in = keras.Input((), dtype="int32", name="t")
+    t_in = keras.Input((), dtype="float32", name="t")
     inputs = [x_in, t_in]
     temb = TimeEmbedding(width, 4 * width, name="time_embedding")(t_in)
     if cfg["num_classes"]:                      # conditional: labels (B, K), K label kinds

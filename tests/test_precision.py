@@ -66,7 +66,7 @@ def test_bfloat16_training_step_is_finite_and_the_ema_model_samples_in_float32(t
                                                    jit_compile=False, checkpoint_every=3),
                       checkpoint_dir=tmp_path)
     assert compute_dtypes(trainer.ema_model) == {"float32"}
-    assert trainer.ema_model.get_layer("t").dtype == "int32"          # the inputs keep their dtypes
+    assert trainer.ema_model.get_layer("t").dtype == "float32"        # the inputs keep their dtypes (t: float32, not bfloat16)
     x = tf.random.stateless_uniform([8, 8, 8, 3], seed=[3, 4], minval=-1, maxval=1)
     losses = [trainer.train_step(x) for _ in range(6)]
     assert np.all(np.isfinite(losses))

@@ -101,4 +101,5 @@ def test_the_compile_mode_follows_the_machine_class_and_a_request_wins():
     from ddpm_lessons.training import TrainConfig
     assert TrainConfig.from_profile(get_profile("tiny").replace(compile="xla")).jit_compile is True
     assert TrainConfig.from_profile(get_profile("tiny").replace(compile="function")).jit_compile is False
-    assert TrainConfig.from_profile(get_profile("tiny")).jit_compile is None    # auto: the Trainer resolves it
+    assert TrainConfig.from_profile(get_profile("cpu")).jit_compile is None     # auto: the Trainer resolves it
+    assert TrainConfig.from_profile(get_profile("tiny")).jit_compile is False   # tiny: tf.function (its comment says why)

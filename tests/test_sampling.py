@@ -456,3 +456,15 @@ def test_one_v_network_serves_several_compiled_samplers():
     for sampler in ("ddim", "dpm++2m", "heun", "ddim"):
         x = sample(fn, (2, 8, 8, 3), COSINE, sampler=sampler, steps=3, seed=1, clip_x0=1.0)
         assert x.shape == (2, 8, 8, 3) and np.all(np.isfinite(x))
+
+
+def test_the_loop_takes_float_grids_and_fractional_times_draw_their_own_noise():
+    """Grids travel as float32 (continuous time must be possible): a whole-number time keys the same noise
+    as the int timestep did (every stored sample stays what it was), and a fractional one its own draw,
+    neither its floor's nor its ceiling's. Catches a seed that truncates float times (10.5 -> 10)."""
+    from ddpm_lessons.sampling import _noise_seed
+    draw = lambda t: tf.random.stateless_normal([64], seed=_noise_seed(3, t)).numpy()
+    np.testing.assert_array_equal(draw(tf.constant(10, tf.int32)), draw(tf.constant(10.0, tf.float32)))
+    np.testing.assert_array_equal(draw(-1), draw(tf.constant(-1.0)))
+    half = draw(tf.constant(10.5))
+    assert not np.allclose(half, draw(10)) and not np.allclose(half, draw(11))

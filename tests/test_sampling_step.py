@@ -161,7 +161,7 @@ def _ancestral(x, t, eps, var, ctx):
 
 
 def _table(values, t, dtype):
-    return tf.gather(tf.constant(values, dtype), t)
+    return tf.gather(tf.constant(values, dtype), tf.cast(t, tf.int32))      # grid times are float32
 
 
 def beta_for_beta_tilde(x, i, grid, ctx):

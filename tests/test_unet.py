@@ -79,6 +79,22 @@ def test_time_changes_output():
     assert np.abs(y0 - y1).max() > 1e-4
 
 
+def test_the_time_input_is_a_real_number():
+    """Continuous time must be possible (flow matching, EDM): the time input is float32. A whole timestep
+    given as int or as float gives the same output to the bit (Keras casts the int); t = 10.5 gives an
+    output of its own. Catches a time input that is int-only (10.5 would be refused or truncated to 10)."""
+    keras.utils.set_random_seed(0)
+    model = build_unet(PROFILES["tiny"])
+    for w in model.weights:
+        w.assign(w.numpy() + np.random.randn(*w.shape).astype("float32") * 0.02)
+    assert model.inputs[1].dtype == "float32"
+    x = np.random.randn(1, 16, 16, 3).astype("float32")
+    out = lambda t, dtype: np.asarray(model([x, np.array([t], dtype)]))
+    np.testing.assert_array_equal(out(10, "int32"), out(10.0, "float32"))
+    half = out(10.5, "float32")
+    assert np.abs(half - out(10, "float32")).max() > 1e-7 and np.abs(half - out(11, "float32")).max() > 1e-7
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="halved"):
         unet_config(dict(image_size=20, channel_mults=(1, 2, 2, 2)))

@@ -153,16 +153,42 @@ def test_speed_check_reports_consistent_rates_and_shares():
     from ddpm_lessons.bench import format_speed_check, speed_check
     r = speed_check("tiny", seconds=1.0, precision="float32", sizes=(64, 128), log=lambda line: None)
     assert r["steps"] >= 3 and r["precision"] == "float32" and r["batch_size"] == PROFILES["tiny"].batch_size
-    assert abs(r["images_per_s"] - r["steps"] * r["batch_size"] / r["timed_s"]) < 1e-6 * r["images_per_s"]
-    assert abs(r["achieved_gflops"] - r["images_per_s"] * 3 * r["forward_gflop_per_image"]) < 1e-9 * r["achieved_gflops"]
-    assert r["matmul_limit_gflops"] == max(m["gflops"] for m in r["matmul"]) and [m["n"] for m in r["matmul"]] == [64, 128]
-    assert abs(r["share_of_matmul"] - r["achieved_gflops"] / r["matmul_limit_gflops"]) < 1e-12
+    assert [m["n"] for m in r["matmul"]] == [64, 128] and r["timed_s"] >= 1.0
     model_flops, _ = forward_flops(build_unet(PROFILES["tiny"]))
     assert r["forward_gflop_per_image"] == model_flops / 1e9
     assert r["loss"] == r["loss"] and r["loss"] > 0
     text = format_speed_check(r)
     assert f"{r['images_per_s']:,.1f} img/s" in text and f"{r['share_of_matmul']:.1%}" in text and "float32" in text
     assert json.loads(json.dumps(r)) == r, "the result is what --speed-check writes as JSON"
+
+
+def test_speed_check_arithmetic_on_a_fake_clock(monkeypatch):
+    """The rates from known inputs: a fake clock that advances 0.25 s per training step, a forward pass of
+    0.25 GFLOP per image, matmul limits of 1,000 and 2,000 GFLOP/s, an FMA peak of 500. Four timed steps
+    of batch 16 in 1 s are 64 img/s, 64 x 3 x 0.25 = 48 GFLOP/s achieved, 2.4% of the matmul limit and 9.6%
+    of the peak. Catches a rate over the wrong time or count, a backward pass not counted as two
+    forwards, a share against the wrong limit (the real-run test above cannot: its inputs are measured)."""
+    from types import SimpleNamespace
+    from ddpm_lessons import bench
+    clock = {"now": 100.0}
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: clock["now"]))
+
+    def train_step(x0):
+        clock["now"] += 0.25
+        return 0.5
+
+    trainer = SimpleNamespace(train_step=train_step, config=SimpleNamespace(jit_compile=False), ema_model=None)
+    monkeypatch.setattr(bench, "bench_trainer", lambda profile, precision, jit_compile=None: (trainer, None))
+    monkeypatch.setattr(bench, "forward_flops", lambda model: (0.25e9, {}))
+    monkeypatch.setattr(bench, "matmul_limit", lambda sizes, repeats, dtype: [{"n": 64, "gflops": 1000.0},
+                                                                             {"n": 128, "gflops": 2000.0}])
+    monkeypatch.setattr(bench, "device_facts", lambda: {"gpus": [], "cpu": "fake", "cores": 2, "tensorflow": "-"})
+    monkeypatch.setattr(bench, "fma_peak", lambda: {"gflops": 500.0})
+    r = bench.speed_check("tiny", seconds=1.0, precision="float32", log=lambda line: None)
+    assert PROFILES["tiny"].batch_size == 16
+    assert r["untimed_s"] == 0.5 and r["steps"] == 4 and r["timed_s"] == 1.0
+    assert r["images_per_s"] == 64.0 and r["achieved_gflops"] == 48.0 and r["matmul_limit_gflops"] == 2000.0
+    assert r["share_of_matmul"] == pytest.approx(0.024) and r["share_of_fma_peak"] == pytest.approx(0.096)
 
 
 def test_compare_settings_alternates_the_settings_and_takes_ratios_of_medians(monkeypatch):

@@ -66,13 +66,9 @@ class Diffusion:
         """``name`` ("alpha", "sigma", "weight") as a (T + 1,) constant of ``dtype``, cast once. Only a
         constant made eagerly is kept: one made while a function is traced belongs to that graph alone."""
         key = (name, tf.as_dtype(dtype).name)
-        if key in self._tables:
-            return self._tables[key]
-        if not tf.executing_eagerly():
-            with tf.init_scope():                 # make it eagerly (outside the graph being traced), keep it
+        if key not in self._tables:
+            with tf.init_scope():                 # eagerly, even while a function is traced: then kept
                 self._tables[key] = tf.constant(self._tables64[name], dtype)
-            return self._tables[key]
-        self._tables[key] = tf.constant(self._tables64[name], dtype)
         return self._tables[key]
 
     def gather(self, name: str, t, x):

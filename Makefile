@@ -94,7 +94,7 @@ generate: $(STAMP)
 # a Trainer without a compile choice uses tf.function, whose first trace costs half of XLA's (which "auto"
 # picks on CPUs without AVX-512); tests/test_training.py checks that XLA takes the same step.
 test: $(STAMP)
-	DDPM_PROFILE=tiny DDPM_COMPILE=function $(BIN)/python -m pytest tests notebooks $(PYTEST_NB) -q
+	DDPM_PROFILE=tiny DDPM_COMPILE=function $(BIN)/python -m pytest tests notebooks $(PYTEST_NB) -q --durations=25
 
 test-unit: $(STAMP)
 	DDPM_PROFILE=tiny DDPM_COMPILE=function $(BIN)/python -m pytest tests -q

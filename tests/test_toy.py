@@ -9,6 +9,7 @@ from ddpm_lessons.schedule import NoiseSchedule
 from ddpm_lessons.toy import (GaussianMixture, build_toy_mlp, component_stats, default_mixture,
                               distance_floor, low_density_fraction, mixture_eps_fn, mmd_rbf,
                               sliced_wasserstein_w2, train_toy, two_moons)
+from test_sampling_step import _ddpm_variance_recursion   # the exact variance of Algorithm 2 on a Gaussian
 
 MIX = default_mixture()
 
@@ -58,8 +59,13 @@ def test_exact_score_sampling_reproduces_the_mixture(schedule):
 
     n = 4000 samples, fixed seed. Shares: binomial SE sqrt(w(1-w)/n) <= 0.008; tolerance 4 SE.
     Means: SE sigma_k / sqrt(n_k) per coordinate; tolerance 4 SE (about 0.02-0.035).
-    Variances: sampling SE sqrt(2 / n_k) <= 5% plus a ~5% shrinkage that is the 1000-step sampler's
-    own discretisation error; tolerance: relative error within 20%.
+    Variances: Algorithm 2 with the exact eps* does not return a Gaussian's variance but slightly less
+    (test_sampling_step.py derives the exact recursion). Each component is compared with that
+    recursion run on its own covariance's eigenvalues (a lone Gaussian: 1.5-4.9% below the truth
+    here), within 4 sampling SE, SE = sqrt(2 / n_k) of the ratio. Measured at n = 40 000, the
+    mixture's components agreed with the lone-Gaussian prediction within 1.5 SE on both schedules.
+    A sampler with beta for beta~ ends 0.4-1.2% above the truth: 4000 draws cannot tell it from the
+    right one (test_sampling_step.py can), so this test checks the mixture, not the step.
     """
     n = 4000
     x = ddpm_sample(mixture_eps_fn(MIX, schedule), (n, 2), schedule, seed=0)
@@ -71,8 +77,13 @@ def test_exact_score_sampling_reproduces_the_mixture(schedule):
     se_mean = np.sqrt(var / st["count"][:, None])
     assert np.all(np.abs(st["mean"] - MIX.means) < 4 * se_mean), (
         f"component means {st['mean'].tolist()} vs {MIX.means.tolist()}: tolerance 4 SE")
-    rel = np.diagonal(st["cov"], axis1=1, axis2=2) / var - 1
-    assert np.all(np.abs(rel) < 0.2), f"component variances off by {rel.round(3).tolist()} (tol 20%)"
+    want = np.stack([np.diagonal(u @ np.diag([_ddpm_variance_recursion(schedule.betas, s2) for s2 in w]) @ u.T)
+                     for w, u in map(np.linalg.eigh, MIX.covs)])                 # (K, 2)
+    ratio = np.diagonal(st["cov"], axis1=1, axis2=2) / want
+    z = (ratio - 1) / np.sqrt(2 / st["count"])[:, None]
+    assert np.all(np.abs(z) < 4), (
+        f"component variances / exact recursion {ratio.round(4).tolist()} ({z.round(1).tolist()} SE; "
+        f"the recursion is {(want / var - 1).round(4).tolist()} from the truth)")
 
 
 def test_trained_mlp_learns_the_coarse_structure():

@@ -12,6 +12,7 @@ the lesson measures with them (Ho & Salimans 2022):
     agreement            per class and macro average share of samples classified as the class asked for
     class_diversity      mean pairwise feature distance among samples asked for one class
     load_conditional_reference   the shipped conditional ``cpu`` network (``assets/conditional_cpu``)
+    run_labels, describe_labels  a conditional run's labels (lesson 09 with CONDITIONAL=1) and their counts
 
 This module imports neither matplotlib nor ipywidgets.
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from .data import class_labels
 
 CONDITIONAL_DIR = Path(__file__).resolve().parent / "assets" / "conditional_cpu"
 CONDITIONAL_WEIGHTS = "ema.float16.npz"
@@ -85,3 +88,27 @@ def load_conditional_reference():
     settings = read_settings(CONDITIONAL_DIR)
     model = build_unet(settings["profile"], name="conditional_ema_unet")
     return load_compact_weights(model, path), settings
+
+
+def run_labels(report, num_classes, saved_labels) -> tuple[np.ndarray | None, list]:
+    """The class labels a run trains on: (labels (N, K) int32 in the order of ``report.used``, kinds), or
+    (None, []) for an unconditional run (``num_classes`` empty). ``saved_labels`` are the run's
+    ``settings.json`` "labels" entries ({"kind", "classes"} each); a continued run whose folder now has
+    other classes raises ValueError, since its label embedding was made for the old ones."""
+    if not num_classes:
+        return None, []
+    labels, kinds = class_labels(report)
+    if [names for _, names in kinds] != [k["classes"] for k in saved_labels]:
+        raise ValueError(f"the folder's classes {[names for _, names in kinds]} differ from the run's "
+                         f"{[k['classes'] for k in saved_labels]}: start a new run (FRESH=1)")
+    return labels, kinds
+
+
+def describe_labels(labels, kinds) -> str:
+    """One line per label kind: how many pictures carry each class ("no label" last), e.g.
+    "labels, skin tone: light 190, medium 188, ..., no label 162"."""
+    lines = []
+    for k, (kind, names) in enumerate(kinds):
+        counts = np.bincount(labels[:, k], minlength=len(names) + 1)
+        lines.append(f"labels, {kind}: " + ", ".join(f"{n} {c}" for n, c in zip(list(names) + ["no label"], counts) if c))
+    return "\n".join(lines)

@@ -4,12 +4,13 @@ Every sampler here walks a decreasing grid of trained timesteps t_0 > t_1 > ... 
 to the clean image (written t = -1, alpha-bar = 1), one *step function* per interval, inside one
 compiled ``tf.while_loop`` (``make_loop``). The step functions differ; the loop does not.
 
-    DDPM     (Ho et al. 2020, Algorithm 2)   x_{t-1} = mean_theta(x_t, t) + sigma_t z         (eqs. 6-7, 11)
-    DDIM     (Song et al. 2021, eq. 12)      x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sig^2) eps + sig z
-    DPM++2M  (Lu et al. 2022, Algorithm 2)   x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^{-h}) D
+    DDPM     (Ho et al. 2020, Algorithm 2)   x_{t-1} = mean_theta(x_t, t) + sqrt(v_t) z       (eqs. 6-7, 11)
+    DDIM     (Song et al. 2021, eq. 12)      x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - v) eps + sqrt(v) z
+    DPM++2M  (Lu et al. 2022, Algorithm 2)   x_s = (s_s/s_t) x_t + a_s (1 - e^{-h}) D,  a = sqrt(abar), s = sqrt(1 - abar)
     Heun     (Karras et al. 2022, Alg. 2)    second-order probability-flow ODE step in sigma, with "churn"
 
-with x0_hat = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps_theta(x_t, t) (eq. 4 inverted).
+with x0_hat = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps_theta(x_t, t) (eq. 4 inverted), and v a step's
+variance (the papers' sigma^2). As in lesson 08, sigma alone means the noise level sqrt((1 - abar)/abar).
 
 Where sampling starts. The cosine schedule's abar at t = T-1 is 2.4e-9: x0_hat there multiplies
 the network's error in eps by sqrt((1 - abar)/abar) = 2e4. ``sigma_max`` starts the grid at the
@@ -73,7 +74,7 @@ def p_mean_variance(x_t, t, eps, schedule: NoiseSchedule, clip_x0=None, variance
 
 
 def ddpm_step(x_t, t, eps, schedule: NoiseSchedule, noise, clip_x0=None, variance="posterior"):
-    """One ancestral step x_t -> x_{t-1} = mean + sigma_t z (Algorithm 2, line 4).
+    """One ancestral step x_t -> x_{t-1} = mean + sqrt(v_t) z (Algorithm 2, line 4; Ho et al.'s sigma_t^2 = v_t).
 
     t: (B,) int; noise z: shaped like x_t. No noise is added where t == 0 (the last step).
     """
@@ -285,8 +286,8 @@ def dpmpp2m_coefficients(schedule: NoiseSchedule, taus) -> tuple:
     """Per-step (c_x, c_d, w) for x_s = c_x x_t + c_d ((1 + w) x0_hat - w x0_prev), as float64
     arrays of the length of ``taus`` (decreasing timesteps; the last step goes to x_0):
 
-        alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma), h = lambda_s - lambda_t
-        c_x = sigma_s / sigma_t,  c_d = alpha_s (1 - e^{-h}),  w = 1 / (2r),  r = h_prev / h
+        a = sqrt(abar), s = sqrt(1 - abar) (alpha, sigma in the code), lambda = log(a / s), h = lambda_s - lambda_t
+        c_x = s_s / s_t,  c_d = a_s (1 - e^{-h}),  w = 1 / (2r),  r = h_prev / h
 
     w = 0 on the first step (no history) and on the last (to x_0, "lower order final")."""
     taus = np.asarray(taus)

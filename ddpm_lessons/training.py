@@ -47,7 +47,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .profiles import resolve_compile
+from .profiles import resolve_compile, resolve_precision
 from .diffusion import LOSS_WEIGHTINGS, PREDICTIONS, Diffusion, check_target  # noqa: F401 (re-exported)
 from .locks import hold
 from .progress import PROGRESS_MODES, ProgressLines, format_duration, progress_mode  # noqa: F401 (the loop's; re-exported)
@@ -56,7 +56,7 @@ from .weights import (GENERAL_DIR, REFERENCE_DIR, REFERENCE_WEIGHTS, SHIPPED, lo
                       shipped_settings)   # re-exported: lessons 08-13 import them from here
 from .schedule import NoiseSchedule
 from .augment import augment_labels, apply_augmentations, draw_augmentations
-from .unet import augment_dim, float32_copy, label_classes, network_inputs
+from .unet import augment_dim, build_unet, float32_copy, label_classes, network_inputs
 
 
 @dataclass
@@ -135,6 +135,28 @@ def pick_strategy(setting: str = "auto", gpus: int | None = None):
     if gpus > 1:
         return tf.distribute.MirroredStrategy(), f"{gpus} GPUs: MirroredStrategy, the global batch split across them"
     return None, f"{gpus} GPU{'s' * (gpus != 1)}: one device"
+
+
+def build_for_training(settings):
+    """The profile's U-Net made for training on this machine: (model, strategy, what was chosen and why).
+
+    Precision by ``resolve_precision(settings.precision)`` (bfloat16 where the CPU has AVX512_BF16 or AMX;
+    sampling copies stay float32), devices by ``pick_strategy(settings.distribute)`` (a MirroredStrategy
+    over several GPUs, the model built in its scope), and the Trainer's compile choice for its step:
+    ``settings.compile``, or for "auto" $DDPM_COMPILE if set, else ``resolve_compile``; XLA stays off
+    under a strategy."""
+    precision, why = resolve_precision(settings.precision)
+    strategy, devices = pick_strategy(settings.distribute)
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = build_unet(settings, precision=precision)
+    mode = getattr(settings, "compile", "auto")
+    if mode == "auto" and os.environ.get("DDPM_COMPILE", "").strip():
+        mode = os.environ["DDPM_COMPILE"].strip()
+    jit, compile_why = resolve_compile(mode)
+    if strategy is not None and jit:
+        jit, compile_why = False, "several devices: tf.function (the Trainer leaves XLA off under a strategy)"
+    return model, strategy, (f"training computes in {precision}: {why}; devices: {devices}\n"
+                             f"training step compiled with {'XLA' if jit else 'tf.function'}: {compile_why}")
 
 
 def all_finite(tensors):
@@ -281,7 +303,7 @@ class Trainer:
         In float16 the ``LossScaleOptimizer`` itself skips gradients that overflowed (and halves the
         scale): such a step is not taken either, so ``step`` stays equal to ``optimizer.iterations``."""
         healthy = tf.logical_and(loss_ok, self._stats["bad_step"] < 0)
-        took = tf.logical_and(healthy, grads_ok)
+        took = self._taken(loss_ok, grads_ok)
 
         def run():
             apply()
@@ -289,6 +311,10 @@ class Trainer:
 
         tf.cond(healthy if self.mixed_precision else took, run, lambda: tf.constant(False))
         return took
+
+    def _taken(self, loss_ok, grads_ok):
+        """A step counts as taken when its loss and gradients are finite and no earlier step went bad."""
+        return tf.logical_and(tf.logical_and(loss_ok, self._stats["bad_step"] < 0), grads_ok)
 
     def _count(self, took, loss, per_example, t, grads_ok=True):
         """Add one step to the device statistics (``_stats``): its loss and per-timestep-bucket losses if
@@ -343,7 +369,7 @@ class Trainer:
         loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
         grads_ok = self.strategy.experimental_local_results(grads_ok)[0]     # the same on every replica
         per_example, t = self.strategy.gather(per_example, axis=0), self.strategy.gather(t, axis=0)
-        took = tf.logical_and(tf.logical_and(tf.math.is_finite(loss), self._stats["bad_step"] < 0), grads_ok)
+        took = self._taken(tf.math.is_finite(loss), grads_ok)      # _apply_if_finite's rule, on the summed loss
         tf.cond(took, self._ema_update_and_count, lambda: tf.constant(False))
         self._count(took, loss, per_example, t, grads_ok)
         return loss, per_example, t
@@ -392,7 +418,7 @@ class Trainer:
         if self.mixed_precision:
             # LossScaleOptimizer skips gradients that are not finite (and halves its scale), judging by one
             # replica's: every replica's are made non-finite when the step is not sound.
-            sound = tf.logical_and(tf.logical_and(loss_ok, grads_ok), self._stats["bad_step"] < 0)
+            sound = self._taken(loss_ok, grads_ok)
             poison = tf.where(sound, tf.constant(1.0, grads[0].dtype), tf.constant(float("nan"), grads[0].dtype))
             self.optimizer.apply([g * poison for g in grads], self.model.trainable_variables)
         else:

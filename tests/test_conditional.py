@@ -206,6 +206,26 @@ def test_subfolder_labels_map_to_the_right_files(tmp_path):
         subfolder_labels(read_image_folder(flat, 16)[1])
 
 
+def test_run_labels_refuse_a_folder_whose_classes_changed_and_count_each_class(tmp_path):
+    """Lesson 09's labels (guidance.run_labels / describe_labels): none for an unconditional run; a
+    continued run whose folder has other classes is refused (its label embedding was made for the old
+    ones); the counts line names each class with its number of pictures, "no label" last."""
+    from PIL import Image
+    from ddpm_lessons.data import read_image_folder
+    from ddpm_lessons.guidance import describe_labels, run_labels
+    for k, rel in enumerate(["cats/a.png", "cats/b.png", "dogs/c.png", "top.png"]):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((20, 20, 3), 50 * k, np.uint8)).save(tmp_path / rel)
+    report = read_image_folder(tmp_path, 16)[1]
+    assert run_labels(report, (), []) == (None, [])
+    saved = [{"kind": "folder", "classes": ["cats", "dogs"]}]
+    labels, kinds = run_labels(report, (2,), saved)
+    assert kinds == [("folder", ["cats", "dogs"])] and sorted(labels[:, 0].tolist()) == [0, 0, 1, 2]
+    assert describe_labels(labels, kinds) == "labels, folder: cats 2, dogs 1, no label 1"
+    with pytest.raises(ValueError, match="FRESH=1"):
+        run_labels(report, (2,), [{"kind": "folder", "classes": ["cats", "zebras"]}])
+
+
 def test_emoji_labels_of_the_shipped_portraits():
     from ddpm_lessons.data import SKIN_TONES, SUBCATEGORIES, emoji_labels, read_labels
     rows = read_labels()

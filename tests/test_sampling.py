@@ -196,7 +196,7 @@ def test_ddim_full_eta1_matches_ddpm_on_the_mixture():
     assert sliced_wasserstein_w2(ddim, mixture.sample(3000, seed=7)) < 2 * floor + 0.02
 
 
-def test_image_sampling_shapes_range_and_one_trace():
+def test_image_sampling_shapes_and_one_trace():
     from ddpm_lessons.unet import build_unet
     model = build_unet(dict(image_size=8, base_width=8, channel_mults=(1, 2), attention_resolutions=(),
                             groups=4))
@@ -205,17 +205,14 @@ def test_image_sampling_shapes_range_and_one_trace():
     w.kernel.assign(tf.random.normal(w.kernel.shape, stddev=0.5, seed=1))
     eps_fn = model_eps_fn(model)
     assert model_eps_fn(model) is eps_fn
-    for steps, eta in [(1, 0.0), (7, 0.0), (25, 1.0), (1000, 0.3)]:
+    for steps, eta in [(1, 0.0), (7, 0.0), (25, 1.0), (200, 0.3)]:
         x = ddim_sample(eps_fn, (3, 8, 8, 3), COSINE, num_steps=steps, eta=eta, clip_x0=1.0)
         assert x.shape == (3, 8, 8, 3) and np.all(np.isfinite(x))
-        assert x.min() >= -1 and x.max() <= 1, f"clip_x0=1 must keep samples in [-1, 1] ({steps} steps)"
     run = make_loop(eps_fn, COSINE, ddim_loop_step(0.0), ("ddim", 0.0), clip_x0=1.0, rank=4)   # the cached one
     assert run.experimental_get_tracing_count() == 1, "one trace must serve every step count"
     x, (taus, xs, x0s) = ddim_sample(eps_fn, (2, 8, 8, 3), COSINE, num_steps=10, clip_x0=1.0,
                                      return_trajectory=True)
     assert xs.shape == x0s.shape == (10, 2, 8, 8, 3) and len(taus) == 10
-    x_ddpm = ddpm_sample(eps_fn, (2, 8, 8, 3), COSINE, clip_x0=1.0)
-    assert np.all(np.abs(x_ddpm) <= 1)
 
 
 def test_ddim_eta1_on_a_subsequence_is_the_respaced_posterior_step():
@@ -283,23 +280,25 @@ def test_all_T_steps_reach_the_mixture_like_ddpm(sampler, eta):
     assert sliced_wasserstein_w2(broken, target) > 3 * floor
 
 
-def test_every_sampler_gives_finite_images_in_range_for_every_step_count():
+def test_every_sampler_gives_finite_images_for_every_step_count_and_clips_at_every_step():
+    """Few steps (1, 2, 3: grids with no interior) to many; all T steps are test_all_T_steps_... 's.
+    A range check under clip_x0 could not fail (the last step returns the clipped x0_hat); what can:
+    clip_x0 acting at every step. Clipped only at the last one, a run would be clip(the unclipped run)."""
     from ddpm_lessons.unet import build_unet
     model = build_unet(dict(image_size=8, base_width=8, channel_mults=(1, 2), attention_resolutions=(),
                             groups=4))
     w = model.get_layer("out_conv")
     w.kernel.assign(tf.random.normal(w.kernel.shape, stddev=2.0, seed=2))   # a wild predictor
     eps_fn = model_eps_fn(model)
+    runs = {}
     for sampler in SAMPLERS:
-        for steps in {"ddpm": [1000], "heun": [1, 2, 3, 10, 50, 200]}.get(sampler, [1, 2, 3, 10, 50, 1000]):
-            x = sample(eps_fn, (2, 8, 8, 3), COSINE, sampler=sampler, steps=steps, eta=1.0, seed=3, clip_x0=1.0)
+        for steps in {"ddpm": [1000]}.get(sampler, [1, 2, 3, 10, 50]):
+            runs[sampler, steps] = x = sample(eps_fn, (2, 8, 8, 3), COSINE, sampler=sampler, steps=steps, eta=1.0,
+                                              seed=3, clip_x0=1.0)
             assert x.shape == (2, 8, 8, 3) and np.all(np.isfinite(x)), f"{sampler}-{steps}"
-            assert x.min() >= -1 and x.max() <= 1, f"{sampler}-{steps}: range [{x.min():.3f}, {x.max():.3f}]"
-    # The range above holds by construction (the last step returns the clipped x0_hat). What can fail:
-    # clip_x0 acts at every step. Clipped only at the last one, the run would be clip(the unclipped run).
     for sampler in SAMPLERS:
         steps = 1000 if sampler == "ddpm" else 10
-        clipped = sample(eps_fn, (2, 8, 8, 3), COSINE, sampler=sampler, steps=steps, eta=1.0, seed=3, clip_x0=1.0)
+        clipped = runs[sampler, steps]
         free = sample(eps_fn, (2, 8, 8, 3), COSINE, sampler=sampler, steps=steps, eta=1.0, seed=3)
         assert np.abs(free).max() > 1.5, f"{sampler}: the wild predictor must leave [-1, 1] unclipped"
         assert np.abs(clipped - np.clip(free, -1, 1)).max() > 0.05, f"{sampler}: clip_x0 must act before the last step"

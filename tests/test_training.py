@@ -67,29 +67,6 @@ def test_ema_follows_its_recurrence():
     assert gap > 1e-5, "after training steps the EMA must lag behind the raw weights"
 
 
-def test_resume_continues_exactly(tmp_path):
-    x = batch(2)
-    straight = make_trainer(seed=3)
-    for _ in range(8):
-        straight.train_step(x)
-
-    first = make_trainer(tmp_path, seed=3)
-    ds = tf.data.Dataset.from_tensors(x)
-    first.fit(ds, total_steps=6, progress=False)          # checkpoints at 3 and 6
-    assert first.manager.latest_checkpoint.endswith("ckpt-6")
-    del first
-
-    resumed = make_trainer(tmp_path, seed=99)               # a different seed: state must come from disk
-    assert resumed.restore() == 6
-    assert int(resumed.optimizer.iterations.numpy()) == 6
-    assert resumed.history["step"][-1] == 6
-    resumed.fit(ds, total_steps=8, progress=False)
-    for a, b in zip(weights(straight.model), weights(resumed.model)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    for a, b in zip(weights(straight.ema_model), weights(resumed.ema_model)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-
-
 def test_nan_guard_stops_and_keeps_the_last_checkpoint(tmp_path):
     tr = make_trainer(tmp_path)
     tr.fit(tf.data.Dataset.from_tensors(batch(3)), total_steps=3, progress=False)
@@ -196,7 +173,9 @@ def distinct_images(n=24, size=8, seed=0):
 
 def test_resume_continues_the_data_where_it_stopped(tmp_path):
     """Catches: a resumed (or a second) fit() starting the data iterator anew, which replays the first
-    pass's order and flips. 24 pictures in batches of 4 (6 per pass, reshuffled every pass), 8 steps."""
+    pass's order and flips; and a resume that takes any state (weights, EMA, Adam's moments and step,
+    the random generator) from anywhere but the checkpoint. 24 pictures in batches of 4 (6 per pass,
+    reshuffled every pass), 8 steps: the resumed run ends where the uninterrupted one does."""
     from ddpm_lessons.data import make_dataset
     straight = make_trainer(seed=3)
     straight.fit(make_dataset(distinct_images(), 4, seed=1), total_steps=8, progress=False)
@@ -204,8 +183,9 @@ def test_resume_continues_the_data_where_it_stopped(tmp_path):
     first = make_trainer(tmp_path, seed=3)
     first.fit(make_dataset(distinct_images(), 4, seed=1), total_steps=5, progress=False)   # saved at 3 and 5
     del first
-    resumed = make_trainer(tmp_path, seed=3)         # the same program started again: a new Trainer and dataset
+    resumed = make_trainer(tmp_path, seed=3)         # the program started again (its fresh generator is at draw 0)
     assert resumed.restore() == 5
+    assert int(resumed.optimizer.iterations.numpy()) == 5 and resumed.history["step"][-1] == 5
     resumed.fit(make_dataset(distinct_images(), 4, seed=1), total_steps=8, progress=False)
 
     in_process = make_trainer(seed=3)
@@ -213,7 +193,7 @@ def test_resume_continues_the_data_where_it_stopped(tmp_path):
     in_process.fit(ds, total_steps=4, progress=False)
     in_process.fit(ds, total_steps=8, progress=False)
     for other in (resumed, in_process):
-        for a, b in zip(weights(straight.model), weights(other.model)):
+        for a, b in zip(weights(straight.model) + weights(straight.ema_model), weights(other.model) + weights(other.ema_model)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
@@ -311,3 +291,18 @@ def test_the_clip_after_the_sum_is_kerass_clip_on_one_device():
         np.testing.assert_array_equal(a, b)
     assert max(float(np.abs(a - b).max()) for a, b in zip(mine, free)) > 1e-3, "the clip must be engaged"
 
+
+
+def test_build_for_training_says_what_the_trainer_will_do(monkeypatch):
+    """Lesson 09's machine choices (training.build_for_training): the compile line follows the Trainer's
+    rule (the profile's compile, else $DDPM_COMPILE, else resolve_compile) and the asked precision is used."""
+    from ddpm_lessons.profiles import get_profile
+    from ddpm_lessons.training import build_for_training
+    tiny = get_profile("tiny").replace(precision="float32")
+    for profile_mode, env, want in [("function", "xla", "tf.function"), ("auto", "xla", "XLA"), ("auto", "function", "tf.function")]:
+        monkeypatch.setenv("DDPM_COMPILE", env)
+        settings = tiny.replace(compile=profile_mode)
+        model, strategy, machine = build_for_training(settings)
+        trainer = Trainer(model, NoiseSchedule.from_kind(settings.schedule, settings.timesteps), TrainConfig.from_profile(settings))
+        assert strategy is None and model.dtype_policy.name == "float32"
+        assert f"compiled with {want}:" in machine and trainer.config.jit_compile == (want == "XLA"), (profile_mode, env, machine)

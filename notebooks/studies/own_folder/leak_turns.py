@@ -59,12 +59,17 @@ def train_judge(images, seed=0, epochs=12):
 CONFIDENT = 0.9      # a call the judge makes with probability >= this: a face whose orientation is clear
 
 
+def judge_probabilities(judge, x):
+    """(N, 4) probabilities of the quarter turns 0/90/180/270 for pictures x (N, H, W, 3) in [-1, 1]."""
+    import keras
+    return keras.ops.convert_to_numpy(keras.ops.softmax(judge.predict(x, batch_size=256, verbose=0)))
+
+
 def share_turned(judge, x, confident=0.0):
     """For pictures x (N, H, W, 3) in [-1, 1]: (share the judge calls turned, its binomial SE, counts per
     turn, how many were judged) over the pictures whose call has probability >= ``confident``
     (a blob has no orientation: the judge guesses, with low confidence)."""
-    import keras
-    prob = keras.ops.convert_to_numpy(keras.ops.softmax(judge.predict(x, batch_size=256, verbose=0)))
+    prob = judge_probabilities(judge, x)
     keep = prob.max(1) >= confident
     k = prob[keep].argmax(1)
     p = float((k != 0).mean()) if len(k) else float("nan")
@@ -110,9 +115,8 @@ def main(argv=None):
             print(f"{name:16s} {label:9s} ({judged:3d} of {len(x)}): turned {p:6.1%} +- {se:4.1%}  "
                   f"(0/90/180/270: {counts})")
         if store is not None and minutes == 5:         # what the judge calls turned, to look at
-            import keras
             from ddpm_lessons.plotting import save_grid
-            prob = keras.ops.convert_to_numpy(keras.ops.softmax(judge.predict(x, batch_size=256, verbose=0)))
+            prob = judge_probabilities(judge, x)
             turned = np.flatnonzero((prob.max(1) >= CONFIDENT) & (prob.argmax(1) != 0))[:16]
             if len(turned):
                 save_grid(RESULTS / f"portraits-{name.split()[0]}-turned.png", x[turned], 8)

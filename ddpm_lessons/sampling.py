@@ -6,7 +6,7 @@ compiled ``tf.while_loop`` (``make_loop``). The step functions differ; the loop 
 
     DDPM     (Ho et al. 2020, Algorithm 2)   x_{t-1} = mean_theta(x_t, t) + sqrt(v_t) z       (eqs. 6-7, 11)
     DDIM     (Song et al. 2021, eq. 12)      x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - v) eps + sqrt(v) z
-    DPM++2M  (Lu et al. 2022, Algorithm 2)   x_s = (s_s/s_t) x_t + a_s (1 - e^{-h}) D,  a = sqrt(abar), s = sqrt(1 - abar)
+    DPM++2M  (Lu et al. 2022, Algorithm 2)   x_s = (b_s/b_t) x_t + a_s (1 - e^{-h}) D,  a = sqrt(abar), b = sqrt(1 - abar)
     Heun     (Karras et al. 2022, Alg. 2)    second-order probability-flow ODE step in sigma, with "churn"
 
 with x0_hat = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps_theta(x_t, t) (eq. 4 inverted), and v a step's
@@ -286,8 +286,8 @@ def dpmpp2m_coefficients(schedule: NoiseSchedule, taus) -> tuple:
     """Per-step (c_x, c_d, w) for x_s = c_x x_t + c_d ((1 + w) x0_hat - w x0_prev), as float64
     arrays of the length of ``taus`` (decreasing timesteps; the last step goes to x_0):
 
-        a = sqrt(abar), s = sqrt(1 - abar) (alpha, sigma in the code), lambda = log(a / s), h = lambda_s - lambda_t
-        c_x = s_s / s_t,  c_d = a_s (1 - e^{-h}),  w = 1 / (2r),  r = h_prev / h
+        a = sqrt(abar), b = sqrt(1 - abar) (alpha, sigma in the code), lambda = log(a / b), h = lambda_s - lambda_t
+        c_x = b_s / b_t,  c_d = a_s (1 - e^{-h}),  w = 1 / (2r),  r = h_prev / h
 
     w = 0 on the first step (no history) and on the last (to x_0, "lower order final")."""
     taus = np.asarray(taus)

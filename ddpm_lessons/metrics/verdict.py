@@ -183,7 +183,7 @@ def format_verdict(v: dict) -> str:
     names = list(v["scores"])
     head = "".join(f"{k:>20s}   " for k in names)
     lines = [f"verdict on {v['n']} samples against your {v['n_pictures']} pictures (KID x1e3 +- its standard "
-             f"error; * = apart beyond 2 SE; lower is better)",
+             f"error; * = apart: permutation test p < {P_APART:.1%}; lower is better)",
              f"  {'':22s}{head}SWD x1e3"]
     cell = lambda r: f"{r['kid_x1e3']:9.2f} +- {r['se_x1e3']:6.2f}{'*' if r['apart'] else ' '}   "
     lines.append(f"  {'samples':22s}" + "".join(cell(v["scores"][k]) for k in names) + f"{v['swd_x1e3']:6.1f}")

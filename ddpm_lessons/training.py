@@ -137,22 +137,26 @@ def pick_strategy(setting: str = "auto", gpus: int | None = None):
     return None, f"{gpus} GPU{'s' * (gpus != 1)}: one device"
 
 
+def compile_choice(mode: str = "auto") -> tuple[bool, str]:
+    """(XLA for the training step?, why), as a Trainer decides: ``mode`` unless it is "auto", then
+    $DDPM_COMPILE if set (``make test`` sets it), else ``profiles.resolve_compile`` by the machine."""
+    if mode == "auto":
+        mode = os.environ.get("DDPM_COMPILE", "").strip() or "auto"
+    return resolve_compile(mode)
+
+
 def build_for_training(settings):
     """The profile's U-Net made for training on this machine: (model, strategy, what was chosen and why).
 
     Precision by ``resolve_precision(settings.precision)`` (bfloat16 where the CPU has AVX512_BF16 or AMX;
     sampling copies stay float32), devices by ``pick_strategy(settings.distribute)`` (a MirroredStrategy
     over several GPUs, the model built in its scope), and the Trainer's compile choice for its step:
-    ``settings.compile``, or for "auto" $DDPM_COMPILE if set, else ``resolve_compile``; XLA stays off
-    under a strategy."""
+    ``compile_choice(settings.compile)``; XLA stays off under a strategy."""
     precision, why = resolve_precision(settings.precision)
     strategy, devices = pick_strategy(settings.distribute)
     with strategy.scope() if strategy else contextlib.nullcontext():
         model = build_unet(settings, precision=precision)
-    mode = getattr(settings, "compile", "auto")
-    if mode == "auto" and os.environ.get("DDPM_COMPILE", "").strip():
-        mode = os.environ["DDPM_COMPILE"].strip()
-    jit, compile_why = resolve_compile(mode)
+    jit, compile_why = compile_choice(getattr(settings, "compile", "auto"))
     if strategy is not None and jit:
         jit, compile_why = False, "several devices: tf.function (the Trainer leaves XLA off under a strategy)"
     return model, strategy, (f"training computes in {precision}: {why}; devices: {devices}\n"
@@ -250,7 +254,7 @@ class Trainer:
                                                    max_to_keep=c.keep_checkpoints)
                         if self.checkpoint_dir else None)
         if c.jit_compile is None:    # XLA on a GPU and on CPUs without AVX-512; DDPM_COMPILE (make test) decides first
-            c.jit_compile = resolve_compile(os.environ.get("DDPM_COMPILE", "").strip() or "auto")[0]
+            c.jit_compile = compile_choice()[0]
         self._compiled_step = tf.function(self._train_step if strategy is None else self._distributed_step,
                                           jit_compile=c.jit_compile and strategy is None, reduce_retracing=True)
         self._elapsed = 0.0

@@ -564,8 +564,8 @@ def speed_check(profile_name="gpu", seconds=60.0, precision="auto", sizes=SPEED_
     matmul = matmul_limit(sizes, repeats=5, dtype=precision)
     limit = max(r["gflops"] for r in matmul)
     log(f"  matmul limit ({precision}): {limit:,.0f} GFLOP/s ({time.perf_counter() - t0:.1f} s)")
-    from .profiles import resolve_compile
-    jit, compile_why = resolve_compile(profile.compile)
+    from .training import compile_choice         # the Trainer's own rule ($DDPM_COMPILE before "auto")
+    jit, compile_why = compile_choice(profile.compile)
     trainer, x0 = bench_trainer(profile, precision, jit_compile=jit)
     flops, _ = forward_flops(trainer.ema_model)     # the trained U-Net's float32 copy: the same layers
     t0 = time.perf_counter()

@@ -292,7 +292,6 @@ def test_the_clip_after_the_sum_is_kerass_clip_on_one_device():
     assert max(float(np.abs(a - b).max()) for a, b in zip(mine, free)) > 1e-3, "the clip must be engaged"
 
 
-
 def test_build_for_training_says_what_the_trainer_will_do(monkeypatch):
     """Lesson 09's machine choices (training.build_for_training): the compile line follows the Trainer's
     rule (the profile's compile, else $DDPM_COMPILE, else resolve_compile) and the asked precision is used."""

@@ -3,6 +3,7 @@
     .venv/bin/python notebooks/studies/samplers/compare_samplers.py                      # diagnosis, then the sweep
     .venv/bin/python notebooks/studies/samplers/compare_samplers.py --part diagnosis     # one part
     .venv/bin/python notebooks/studies/samplers/compare_samplers.py --num-samples 64     # a quick look (not the protocol)
+    .venv/bin/python notebooks/studies/samplers/compare_samplers.py --recount            # network evaluations only
 
 The protocol (lesson 11): n = 512 samples from fresh seeds (1000, 1001, ... one per batch of 128:
 seeds no lesson draws previews with), one ``ScoreReference`` for every contender (the same real
@@ -35,7 +36,7 @@ from ddpm_lessons.data import default_dataset_path, read_image_folder
 from ddpm_lessons.metrics import (PROTOCOL_SAMPLES, ScoreReference, detail_feature_fn, paired_difference,
                                   random_feature_fn)
 from ddpm_lessons.profiles import get_profile
-from ddpm_lessons.sampling import generate, network_evaluations
+from ddpm_lessons.sampling import generate, network_evaluations, timestep_grid
 from ddpm_lessons.schedule import NoiseSchedule
 from ddpm_lessons.training import REFERENCE_DIR, load_reference_weights, reference_prediction
 from ddpm_lessons.unet import build_unet
@@ -91,6 +92,15 @@ for _levels in (3, 5, 8, 10, 15):                                               
               contender("heun", _levels, sigma_max=80.0, spacing="karras", churn=0.25 * _levels)]
 
 
+def evaluations_made(c, schedule) -> int:
+    """The network evaluations the sampler makes: counted on the grid it walks (``timestep_grid``), whose
+    levels can merge after rounding to trained timesteps (Karras spacing from t = 999: 10 -> 7)."""
+    if c["sampler"] == "ddpm":
+        return network_evaluations("ddpm", c["steps"], schedule.T)
+    levels = len(timestep_grid(schedule, c["steps"], c["spacing"], c["sigma_max"])) - 1
+    return network_evaluations(c["sampler"], levels, schedule.T)
+
+
 def clip_value(c):
     return {"1": 1.0, "none": None, "dynamic": "dynamic"}[c["clip"]]
 
@@ -119,9 +129,21 @@ def main(argv=None):
     p.add_argument("--part", choices=["diagnosis", "sweep", "all"], default="all")
     p.add_argument("--out", default=str(HERE))
     p.add_argument("--generate-only", action="store_true", help="draw and cache the samples, score nothing")
+    p.add_argument("--recount", action="store_true",
+                   help="only recount the network evaluations of every row in results.json (no sampling, no scores)")
     args = p.parse_args(argv)
     out, n = Path(args.out), args.num_samples
     profile = get_profile("cpu")
+    if args.recount:
+        schedule = NoiseSchedule.from_kind(profile.schedule, profile.timesteps)
+        results = json.loads((out / "results.json").read_text())
+        for name, row in results["runs"].items():
+            nfe = evaluations_made(row, schedule)
+            if nfe != row["nfe"]:
+                print(f"{name}: {row['nfe']} -> {nfe} network evaluations")
+                row["nfe"] = nfe
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        return 0
     prediction = reference_prediction()
     model = load_reference_weights(build_unet(profile), prediction)
     cache_dir = out / "cache" / reference_id()        # samples of other reference weights are not reused
@@ -160,7 +182,7 @@ def main(argv=None):
         x, seconds = samples[name]
         s, sh = detail.score(x, with_subsets=True), shapes.score(x, with_subsets=True)
         subsets[name] = (s, sh)
-        row = {**c, "nfe": network_evaluations(c["sampler"], c["steps"], schedule.T),
+        row = {**c, "nfe": evaluations_made(c, schedule),
                "seconds": round(seconds, 1), "kid": s["kid"], "kid_se": s["kid_se"], "swd": s["swd"],
                "shapes_kid": sh["kid"], "shapes_kid_se": sh["kid_se"],
                "parts": [p for p in parts if c in parts[p]]}

@@ -16,7 +16,9 @@ holding trained timesteps, of any shape that broadcasts after reshaping to (B, 1
 Time is not integer-only in the machinery around this object: the network's time input is a float,
 the samplers' grids are float32 and reach the tables and the network through ``gather`` and
 ``network_time``, so an objective in continuous time (flow matching, EDM) replaces these two.
-The choice of target is checked here, in one place (``check_target``).
+The choice of target is checked here, in one place (``check_target``), and ``objective`` builds the
+object for it: this ``Diffusion`` for "eps" and "v", ``flow.FlowMatching`` for "flow" (lesson 15: the
+straight path x_t = (1 - t) x0 + t eps and its velocity target, in continuous time).
 """
 from __future__ import annotations
 
@@ -25,9 +27,10 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
+from .flow import FlowMatching, check_time_sampling
 from .schedule import NoiseSchedule
 
-PREDICTIONS = ("eps", "v")
+PREDICTIONS = ("eps", "v", "flow")           # "flow": flow matching's velocity (flow.py), not a Diffusion
 LOSS_WEIGHTINGS = ("none", "min-snr")
 END = -1                                     # the clean image: abar = 1 (the grids' last entry)
 
@@ -35,19 +38,37 @@ END = -1                                     # the clean image: abar = 1 (the gr
 def check_target(prediction, loss_weighting="none", snr_gamma=5.0):
     """Raise ValueError naming the knob and its allowed values for an unknown target or weighting."""
     if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction = {prediction!r} must be 'eps' or 'v'")
+        raise ValueError(f"prediction = {prediction!r} must be 'eps', 'v' or 'flow'")
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"loss_weighting = {loss_weighting!r} must be 'none' or 'min-snr'")
     if not (isinstance(snr_gamma, numbers.Real) and snr_gamma > 0):     # False for NaN too
         raise ValueError(f"snr_gamma = {snr_gamma!r} must be a positive number, e.g. 5.0")
 
 
+def objective(schedule: NoiseSchedule, prediction: str = "eps", loss_weighting: str = "none",
+              snr_gamma: float = 5.0, time_sampling: str = "uniform"):
+    """The object a network of this ``prediction`` is trained and sampled with: a ``Diffusion`` on
+    ``schedule`` for "eps" and "v", a ``FlowMatching`` (which needs no schedule) for "flow"."""
+    check_target(prediction, loss_weighting, snr_gamma)
+    if prediction == "flow":
+        if loss_weighting != "none":
+            raise ValueError(f"loss_weighting = {loss_weighting!r}: flow matching weighs every t alike ('none')")
+        return FlowMatching(time_sampling, schedule.T)
+    check_time_sampling(time_sampling)
+    return Diffusion(schedule, prediction, loss_weighting, snr_gamma)
+
+
 class Diffusion:
     """The schedule's noising and the network's parameterisation (``prediction``, ``loss_weighting``)."""
+
+    continuous = False                           # timesteps are the schedule's integers
 
     def __init__(self, schedule: NoiseSchedule, prediction: str = "eps", loss_weighting: str = "none",
                  snr_gamma: float = 5.0):
         check_target(prediction, loss_weighting, snr_gamma)
+        if prediction == "flow":
+            raise ValueError("prediction = 'flow' is flow matching, not a noise schedule's Diffusion: "
+                             "use diffusion.objective(schedule, 'flow') (flow.FlowMatching)")
         self.schedule, self.prediction = schedule, prediction
         self.loss_weighting, self.snr_gamma = loss_weighting, float(snr_gamma)
         abar = np.append(np.asarray(schedule.alphas_cumprod, np.float64), 1.0)      # (T + 1,): END -> 1
@@ -82,6 +103,23 @@ class Diffusion:
         """The time the network is given for grid time ``t``: a trained timestep (int32) for this
         discrete schedule (a grid may carry it as a float). A continuous-time objective gives t itself."""
         return tf.cast(t, tf.int32)
+
+    @staticmethod
+    def unet_time(t):
+        """What the U-Net's time embedding receives: the timestep itself (flow matching scales its t)."""
+        return t
+
+    def training_times(self, rng: tf.random.Generator, batch):
+        """t ~ U{0, ..., T-1} (B,) int32 for one training batch (Ho et al. Algorithm 1, line 3)."""
+        return rng.uniform([batch], 0, self.schedule.T, dtype=tf.int32)
+
+    def training_times_stateless(self, total, seed):
+        """The same from a stateless seed (the distributed step: one draw for the global batch)."""
+        return tf.random.stateless_uniform([total], seed, 0, self.schedule.T, dtype=tf.int32)
+
+    def bucket(self, t, buckets: int):
+        """The loss-statistics bucket of timestep t: t buckets // T."""
+        return tf.cast(t, tf.int32) * buckets // self.schedule.T
 
     def noised(self, x0, t, noise):
         """(x_t, the training target, the per-example loss weight (B,)) for clean x0 at timesteps t (B,)."""

@@ -58,14 +58,16 @@ class Profile:
     checkpoint_every: int = 200
     preview_every: int = 500
     lesson_train_steps: int = 200  # the short demonstration run of lesson 07
-    prediction: str = "eps"    # the network's target: "eps" (Ho et al.) or "v" (Salimans & Ho 2022)
+    prediction: str = "eps"    # the network's target: "eps" (Ho et al.), "v" (Salimans & Ho 2022) or "flow" (lesson 15)
+    time_sampling: str = "uniform"  # flow matching's training times: "uniform" or "logit-normal" (SD3)
     loss_weighting: str = "none"   # "none" (L_simple) or "min-snr" (Hang et al. 2023)
     snr_gamma: float = 5.0     # gamma of min-SNR weighting: w = min(SNR, gamma) / SNR (eps), / (SNR + 1) (v)
     label_dropout: float = 0.15    # conditional: each label kind -> "no label" with this probability (lesson 13)
     augment_p: float = 0.0     # non-leaking augmentation (lesson 10): each transform with this probability per image
     augment_dim: int = 0       # the U-Net's augmentation-label input: 0 (none) or 5 (augment.AUGMENT_DIM)
     # sampling
-    sampler: str = "ddim"      # "ddim" (any steps, eta below), "dpm++2m", "heun" (EDM) or "ddpm" (all T steps)
+    sampler: str = "ddim"      # "ddim" (any steps, eta below), "dpm++2m", "heun" (EDM) or "ddpm" (all T steps);
+                               # a flow-matching network: "euler" or "heun" (flow.py)
     sample_steps: int = 50     # steps of the sampler used for previews and final grids (heun: noise levels)
     sample_eta: float = 1.0    # DDIM noise: 1 = ancestral on a respaced schedule, 0 = deterministic
     sample_spacing: str = "uniform"   # timesteps "uniform" in t, or "karras" (rho = 7 in sigma)
@@ -108,12 +110,17 @@ class Profile:
         need(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
         need(self.compile in COMPILE_MODES, "compile", f"must be one of {COMPILE_MODES}")
         need(self.schedule in ("linear", "cosine"), "schedule", "must be 'linear' or 'cosine'")
-        need(self.prediction in ("eps", "v"), "prediction", "must be 'eps' or 'v'")
+        need(self.prediction in ("eps", "v", "flow"), "prediction", "must be 'eps', 'v' or 'flow'")
+        need(self.time_sampling in ("uniform", "logit-normal"), "time_sampling", "must be 'uniform' or 'logit-normal'")
         need(self.loss_weighting in ("none", "min-snr"), "loss_weighting", "must be 'none' or 'min-snr'")
         need(isinstance(self.snr_gamma, numbers.Real) and self.snr_gamma > 0, "snr_gamma",
              "must be a positive number, e.g. 5.0")
-        need(self.sampler in ("ddim", "ddpm", "dpm++2m", "heun"), "sampler",
-             "must be 'ddim', 'dpm++2m', 'heun' or 'ddpm'")
+        if self.prediction == "flow":
+            need(self.sampler in ("euler", "heun"), "sampler", "must be 'euler' or 'heun' for a flow-matching network")
+            need(self.loss_weighting == "none", "loss_weighting", "must be 'none' for flow matching")
+        else:
+            need(self.sampler in ("ddim", "ddpm", "dpm++2m", "heun"), "sampler",
+                 "must be 'ddim', 'dpm++2m', 'heun' or 'ddpm'")
         need(self.sample_spacing in ("uniform", "karras"), "sample_spacing", "must be 'uniform' or 'karras'")
         need(self.sample_sigma_max is None or self.sample_sigma_max > 1, "sample_sigma_max",
              "must be None (start at t = T-1) or a noise level above 1, e.g. 80")
@@ -175,6 +182,8 @@ def describe_sampler(settings) -> str:
     o = sampler_options(settings)
     name = f"{o['sampler']}-{o['steps'] if o['sampler'] != 'ddpm' else settings.timesteps}"
     bits = [f"{network_evaluations(o['sampler'], o['steps'], settings.timesteps)} network evaluations"]
+    if o["prediction"] == "flow":
+        return f"{name} ({bits[0]}, flow matching's ODE from t = 1, evenly spaced)"
     if o["sampler"] == "ddim":
         bits.append(f"eta {o['eta']:g}")
     if o["sampler"] == "heun" and o["churn"]:

@@ -42,6 +42,7 @@ import tensorflow as tf
 from .profiles import network_evaluations  # noqa: F401  (re-exported: samplers' cost)
 from .blocks import null_labels
 from .diffusion import Diffusion, check_target
+from .flow import FLOW_SAMPLERS, FlowMatching, flow_sample
 from .forward import extract, predict_x0_from_eps, q_posterior_mean_variance
 from .schedule import NoiseSchedule
 from .unet import label_classes, network_inputs
@@ -175,16 +176,25 @@ def _abar(schedule: NoiseSchedule, dtype=tf.float32):
 
 class _Context:
     def __init__(self, eps_fn, schedule, x, seed, clip_x0, carry, extra, diffusion=None):
-        self.abar = _abar(schedule, x.dtype)
+        self.diffusion = diffusion or Diffusion(schedule, "eps")
+        self.continuous = getattr(self.diffusion, "continuous", False)   # flow.FlowMatching: no abar table
+        self.abar = None if self.continuous else _abar(schedule, x.dtype)
         self.batch, self.rank = tf.shape(x)[0], len(x.shape)
         self.eps_fn, self.schedule, self.seed, self.clip_x0 = eps_fn, schedule, seed, clip_x0
         self.carry, self.extra = carry, extra
-        self.diffusion = diffusion or Diffusion(schedule, "eps")
 
     def gather(self, t):
         """abar_t for a scalar grid time (END -> 1), shaped (1, 1, ..., 1)."""
         a = tf.gather(self.abar, tf.math.floormod(tf.cast(t, tf.int32), self.schedule.T + 1))
         return tf.reshape(a, [1] * self.rank)
+
+    def alpha_sigma(self, t, dtype):
+        """(alpha_t, sigma_t) of x_t = alpha_t x0 + sigma_t eps at a scalar grid time, shaped (1, ..., 1):
+        sqrt(abar_t), sqrt(1 - abar_t) here; the objective's own for a continuous one (flow: 1 - t, t)."""
+        if self.continuous:
+            return self.diffusion.alpha_sigma(t, tf.zeros([1] * self.rank, dtype))
+        a = self.gather(t)
+        return tf.sqrt(a), tf.sqrt(tf.maximum(1.0 - a, 0.0))
 
     def times(self, t):
         """(B,) copies of the time the network is given at grid time t (``Diffusion.network_time``)."""
@@ -195,9 +205,13 @@ class _Context:
         read off v, not divided out of eps); with a clipped x0_hat, eps is the one it implies."""
         eps, x0_hat = predict(self.eps_fn, x, self.times(t), self.diffusion)
         if self.clip_x0 is not None:
-            a = self.gather(t)
             x0_hat = clip(x0_hat, self.clip_x0)
-            eps = (x - tf.sqrt(a) * x0_hat) / tf.sqrt(1.0 - a)
+            if self.continuous:
+                alpha, sigma = self.alpha_sigma(t, x.dtype)
+                eps = (x - alpha * x0_hat) / sigma
+            else:
+                a = self.gather(t)
+                eps = (x - tf.sqrt(a) * x0_hat) / tf.sqrt(1.0 - a)
         return eps, x0_hat
 
     def noise(self, x, t):
@@ -273,12 +287,16 @@ def ddim_update(x0_hat, eps, a_t, a_s, eta=0.0, noise=None):
 
 
 def ddim_loop_step(eta=0.0):
-    """DDIM (eq. 12) from grid[i] to grid[i + 1]; fresh noise only when eta > 0."""
+    """DDIM (eq. 12) from grid[i] to grid[i + 1]; fresh noise only when eta > 0. With eta = 0 the step is
+    x_s = alpha_s x0_hat + sigma_s eps_hat in the objective's own alpha, sigma: on flow matching's straight
+    path (alpha = 1 - t, sigma = t) that is exactly Euler's step x_t + (s - t) u (``flow.py``)."""
     def step(x, i, grid, ctx):
         t, s = grid[i], grid[i + 1]
         eps, x0_hat = ctx.denoise(x, t)
-        z = ctx.noise(x, t) if eta > 0 else None
-        return ddim_update(x0_hat, eps, ctx.gather(t), ctx.gather(s), eta, z), x0_hat, ctx.carry
+        if eta == 0:
+            alpha_s, sigma_s = ctx.alpha_sigma(s, x.dtype)
+            return alpha_s * x0_hat + sigma_s * eps, x0_hat, ctx.carry
+        return ddim_update(x0_hat, eps, ctx.gather(t), ctx.gather(s), eta, ctx.noise(x, t)), x0_hat, ctx.carry
     return step
 
 
@@ -406,7 +424,9 @@ def make_loop(eps_fn, schedule: NoiseSchedule, step, key, clip_x0=None, keep_tra
     if loops is not None and full_key in loops and loops[full_key][0] is schedule:
         return loops[full_key][1]
 
-    diffusion = Diffusion(schedule, "eps")        # turns a plain eps_fn's noise into x0 (tables cast once)
+    # the eps_fn's objective (a flow network's FlowMatching), else an eps Diffusion: it turns a plain
+    # eps_fn's noise into x0 (tables cast once) and gives the network's time
+    diffusion = getattr(eps_fn, "objective", None) or Diffusion(schedule, "eps")
 
     @tf.function(reduce_retracing=True, autograph=False)   # plain TF: tf.while_loop and tf.cond are explicit
     def run(x, grid, extra, seed):
@@ -573,6 +593,10 @@ def sample(eps_fn, shape, schedule: NoiseSchedule, sampler="ddim", steps=50, eta
     DPM-Solver++(2M), deterministic; "heun": EDM's Heun sampler on ``steps`` noise levels with
     ``churn`` (2 steps - 1 evaluations; sigma_max None here means EDM's 80).
     """
+    if isinstance(getattr(eps_fn, "objective", None), FlowMatching):    # a flow-matching network (lesson 15)
+        if sampler not in FLOW_SAMPLERS:
+            raise ValueError(f"a flow-matching network samples with {FLOW_SAMPLERS}, not {sampler!r}")
+        return flow_sample(eps_fn, shape, num_steps=steps, sampler=sampler, seed=seed, clip_x0=clip_x0)
     if sampler == "ddpm":
         return ddpm_sample(eps_fn, shape, schedule, seed=seed, clip_x0=clip_x0)
     if sampler == "ddim":
@@ -595,9 +619,11 @@ def _eps_fn_of(output_fn, schedule, prediction):
         fn = lambda x, t: output_fn(x, t)
         fn.predict_eps_x0 = None                       # the sampler's own eps Diffusion turns eps into x0
         return fn
-    diffusion = Diffusion(schedule, prediction)
-    fn = lambda x, t: diffusion.predict(output_fn(x, t), x, t)[0]
-    fn.predict_eps_x0 = lambda x, t: diffusion.predict(output_fn(x, t), x, t)
+    target = FlowMatching(T=schedule.T if schedule else 1000) if prediction == "flow" else Diffusion(schedule, prediction)
+    fn = lambda x, t: target.predict(output_fn(x, t), x, t)[0]
+    fn.predict_eps_x0 = lambda x, t: target.predict(output_fn(x, t), x, t)
+    if prediction == "flow":
+        fn.objective = target                          # the sampling loop takes its times and alpha, sigma from it
     return fn
 
 
@@ -605,6 +631,8 @@ def model_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str =
     """``eps_fn(x, t)`` for a Keras U-Net: its output for ``prediction="eps"``, or for a v-prediction
     network (lesson 12) eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v (needs ``schedule``), with
     ``eps_fn.predict_eps_x0`` giving the samplers (eps, x0) straight from v (``Diffusion.predict``).
+    For a flow-matching network (``prediction="flow"``, lesson 15) t is the path's time in [0, 1] (the
+    U-Net is given ``FlowMatching.unet_time(t)``) and ``eps_fn.objective`` is its ``FlowMatching``.
     The function is kept on the model, so the same model gives the same function object and
     compiled sampling loops are reused, not traced again; both go away with the model."""
     check_target(prediction)
@@ -613,8 +641,9 @@ def model_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str =
     key = (prediction, id(schedule) if prediction == "v" else None)
     fns = model.__dict__.setdefault("_ddpm_eps_fns", {})
     if key not in fns:
-        fns[key] = _eps_fn_of(lambda x, t: tf.cast(model(network_inputs(model, x, t), training=False), x.dtype),
-                              schedule, prediction)
+        unet_time = FlowMatching.unet_time if prediction == "flow" else Diffusion.unet_time
+        fns[key] = _eps_fn_of(lambda x, t: tf.cast(model(network_inputs(model, x, unet_time(t)), training=False),
+                                                   x.dtype), schedule, prediction)
     return fns[key]
 
 
@@ -631,6 +660,7 @@ def guided_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str 
     if prediction == "v" and schedule is None:
         raise ValueError("a v-prediction model needs the schedule to turn v into eps")
     num_classes = label_classes(model)
+    unet_time = FlowMatching.unet_time if prediction == "flow" else Diffusion.unet_time
     key = ("guided", prediction, id(schedule) if prediction == "v" else None)
     fns = model.__dict__.setdefault("_ddpm_eps_fns", {})
     if key not in fns:
@@ -641,7 +671,7 @@ def guided_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str 
         def guided_output(x, t):
             b = tf.shape(x)[0]
             null = tf.broadcast_to(tf.constant(num_classes, tf.int32), tf.shape(labels))
-            xx, tt = tf.concat([x, x], 0), tf.concat([t, t], 0)
+            xx, tt = tf.concat([x, x], 0), unet_time(tf.concat([t, t], 0))
             out = tf.cast(model(network_inputs(model, xx, tt, tf.concat([labels, null], 0)), training=False), x.dtype)
             cond, uncond = out[:b], out[b:]
             return uncond + tf.cast(guidance, x.dtype) * (cond - uncond)
@@ -668,8 +698,9 @@ def generate(model, schedule: NoiseSchedule, num_images: int, sampler="ddim", st
     the "no label" token (num_classes[k]) where a kind is not asked for (None: no label at all), and
     ``guidance`` w.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    allowed = FLOW_SAMPLERS if prediction == "flow" else SAMPLERS
+    if sampler not in allowed:
+        raise ValueError(f"unknown sampler {sampler!r} for prediction = {prediction!r}; choose one of {allowed}")
     conditional = is_conditional(model)
     if labels is not None and not conditional:
         raise ValueError("labels were given for an unconditional U-Net: build it with num_classes to use them")

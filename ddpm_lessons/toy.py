@@ -111,6 +111,29 @@ class GaussianMixture:
         score = -tf.reduce_sum(resp[..., None] * sol, axis=1)                     # grad log p_t, (B, d)
         return -take(np.sqrt(1.0 - abar))[:, None] * score
 
+    def velocity_star(self, x, t):
+        """Exact flow-matching velocity u*(x, t) = E[eps - x0 | x_t = x] on the straight path
+        x_t = (1 - t) x0 + t eps (lesson 15). Per component k, (x0, eps, x_t) are jointly Gaussian with
+        C_k = (1 - t)^2 Sigma_k + t^2 I the covariance of x_t and d = x - (1 - t) mu_k:
+
+            E[x0 | x, k] = mu_k + (1 - t) Sigma_k C_k^{-1} d,   E[eps | x, k] = t C_k^{-1} d
+            u_k = (t I - (1 - t) Sigma_k) C_k^{-1} d - mu_k,     u* = sum_k r_k(x) u_k
+
+        finite at both ends (t = 0 and t = 1). x: (B, d); t: (B,) or scalar float in [0, 1]. TensorFlow."""
+        x = tf.convert_to_tensor(x)
+        dtype = x.dtype
+        t = tf.broadcast_to(tf.cast(t, dtype), [tf.shape(x)[0]])[:, None, None, None]          # (B, 1, 1, 1)
+        sigma0, mu = tf.constant(self.covs, dtype)[None], tf.constant(self.means, dtype)[None]  # (1, K, d, d), (1, K, d)
+        eye = tf.eye(self.dim, dtype=dtype)
+        covs = (1.0 - t) ** 2 * sigma0 + t ** 2 * eye                                         # C_k, (B, K, d, d)
+        diff = x[:, None, :] - (1.0 - t[..., 0]) * mu                                          # d, (B, K, d)
+        sol = tf.linalg.solve(covs, diff[..., None])                                           # C^{-1} d, (B, K, d, 1)
+        maha = tf.reduce_sum(diff * sol[..., 0], axis=-1)                                      # (B, K)
+        logits = tf.math.log(tf.constant(self.weights, dtype))[None] - 0.5 * tf.linalg.logdet(covs)
+        resp = tf.nn.softmax(logits - 0.5 * maha, axis=-1)                                     # r_k(x), (B, K)
+        u_k = tf.matmul(t * eye - (1.0 - t) * sigma0, sol)[..., 0] - mu                          # (B, K, d)
+        return tf.reduce_sum(resp[..., None] * u_k, axis=1)
+
 
 def default_mixture() -> GaussianMixture:
     """Three well-separated components with unequal weights 0.5 / 0.3 / 0.2, roughly unit scale."""
@@ -185,11 +208,13 @@ def build_toy_mlp(width=128, depth=3, dim=2, seed=0) -> ToyMLP:
     return model
 
 
-def train_toy(model, data, schedule: NoiseSchedule, steps=3000, batch=256, lr=2e-3, seed=0):
+def train_toy(model, data, schedule: NoiseSchedule, steps=3000, batch=256, lr=2e-3, seed=0, objective=None):
     """Train eps_theta with the simple loss E || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1-abar_t) eps, t) ||^2.
 
     data: (N, d) training points. Each step draws a batch of points, t ~ U{0..T-1} and eps ~ N(0, I)
     (Ho et al. Algorithm 1). Adam with a cosine-decaying learning rate (to lr / 10).
+    ``objective``: another training objective with the ``Diffusion`` interface (lesson 15:
+    ``flow.FlowMatching``, the velocity u = eps - x0 at t ~ U(0, 1)): its times, noising and target.
     Returns the loss of every step, (steps,) float32.
     """
     data = tf.constant(np.asarray(data, np.float32))
@@ -202,11 +227,16 @@ def train_toy(model, data, schedule: NoiseSchedule, steps=3000, batch=256, lr=2e
     @tf.function
     def step():
         x0 = tf.gather(data, gen.uniform([batch], 0, n, dtype=tf.int32))
-        t = gen.uniform([batch], 0, T, dtype=tf.int32)
-        eps = gen.normal(tf.shape(x0))
-        x_t = q_sample(x0, t, eps, schedule)
+        if objective is None:
+            t = gen.uniform([batch], 0, T, dtype=tf.int32)
+            eps = gen.normal(tf.shape(x0))
+            x_t, target, t_in = q_sample(x0, t, eps, schedule), eps, t
+        else:
+            t = objective.training_times(gen, batch)
+            x_t, target, _ = objective.noised(x0, t, gen.normal(tf.shape(x0)))
+            t_in = objective.unet_time(t)
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(eps - model(x_t, t, training=True)))
+            loss = tf.reduce_mean(tf.square(target - model(x_t, t_in, training=True)))
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return loss

@@ -48,7 +48,8 @@ import numpy as np
 import tensorflow as tf
 
 from .profiles import resolve_compile, resolve_precision
-from .diffusion import LOSS_WEIGHTINGS, PREDICTIONS, Diffusion, check_target  # noqa: F401 (re-exported)
+from .diffusion import LOSS_WEIGHTINGS, PREDICTIONS, Diffusion, check_target, objective  # noqa: F401 (re-exported)
+from .flow import check_time_sampling
 from .locks import hold
 from .progress import PROGRESS_MODES, ProgressLines, format_duration, progress_mode  # noqa: F401 (the loop's; re-exported)
 from .weights import (GENERAL_DIR, REFERENCE_DIR, REFERENCE_WEIGHTS, SHIPPED, load_compact_weights,  # noqa: F401
@@ -57,6 +58,10 @@ from .weights import (GENERAL_DIR, REFERENCE_DIR, REFERENCE_WEIGHTS, SHIPPED, lo
 from .schedule import NoiseSchedule
 from .augment import augment_labels, apply_augmentations, draw_augmentations
 from .unet import augment_dim, build_unet, float32_copy, label_classes, network_inputs
+
+
+TARGET_NAMES = {"eps": "the noise (epsilon)", "v": "v (velocity of the variance-preserving path)",
+                "flow": "the flow-matching velocity eps - x0 (lesson 15)"}
 
 
 @dataclass
@@ -70,7 +75,8 @@ class TrainConfig:
     jit_compile: bool | None = None  # XLA; None = $DDPM_COMPILE if set, else profiles.resolve_compile: a GPU or a CPU without AVX-512
     seed: int = 0
     loss_buckets: int = 10           # timestep buckets for the loss-by-t breakdown
-    prediction: str = "eps"          # what the network predicts: "eps" or "v"
+    prediction: str = "eps"          # what the network predicts: "eps", "v" or "flow" (flow matching's velocity)
+    time_sampling: str = "uniform"   # flow matching's training times: "uniform" or "logit-normal" (flow.py)
     loss_weighting: str = "none"     # per-example weight: "none" or "min-snr"
     snr_gamma: float = 5.0           # gamma of min-SNR weighting
     label_dropout: float = 0.15      # conditional U-Net: each label kind -> "no label" with this probability
@@ -78,6 +84,7 @@ class TrainConfig:
 
     def __post_init__(self):
         check_target(self.prediction, self.loss_weighting, self.snr_gamma)
+        check_time_sampling(self.time_sampling)
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout = {self.label_dropout!r} must lie in [0, 1), e.g. 0.15")
         if not (isinstance(self.augment_p, numbers.Real) and 0 <= self.augment_p < 1):
@@ -89,9 +96,10 @@ class TrainConfig:
         target and loss weighting); ``changes`` override them."""
         keys = ("learning_rate", "warmup_steps", "grad_clip", "ema_decay", "checkpoint_every",
                 "prediction", "loss_weighting", "snr_gamma", "label_dropout", "augment_p")
+        optional = {k: getattr(profile, k) for k in ("time_sampling",) if hasattr(profile, k)}
         mode = getattr(profile, "compile", "auto")
         jit = {} if mode == "auto" else {"jit_compile": mode == "xla"}     # auto: the Trainer resolves it
-        return cls(**{**{k: getattr(profile, k) for k in keys}, **jit, **changes})
+        return cls(**{**{k: getattr(profile, k) for k in keys}, **optional, **jit, **changes})
 
 
 def loss_weight(t, schedule: NoiseSchedule, prediction="eps", loss_weighting="none", snr_gamma=5.0):
@@ -211,7 +219,7 @@ class Trainer:
         self.model, self.schedule, self.strategy = model, schedule, strategy
         self.config = replace(config) if config else TrainConfig()   # a copy: jit is resolved below
         c = self.config
-        self.diffusion = Diffusion(schedule, c.prediction, c.loss_weighting, c.snr_gamma)
+        self.diffusion = objective(schedule, c.prediction, c.loss_weighting, c.snr_gamma, c.time_sampling)
         self.num_classes = label_classes(model)
         self.augment_dim = augment_dim(model)    # 0: the network is not told the transforms (they leak)
         self.mixed_precision = model.dtype_policy.compute_dtype == "float16"
@@ -284,10 +292,11 @@ class Trainer:
         batch = tf.shape(x0)[0]
         x0, augment = self._augmented(x0, lambda: self.rng.make_seeds(1)[:, 0], batch, 0, batch)
         with tf.name_scope("noising"):      # the scopes name the parts of the bench's step profile
-            t = self.rng.uniform([batch], 0, self.schedule.T, dtype=tf.int32)
+            t = self.diffusion.training_times(self.rng, batch)
             noise = self.rng.normal(tf.shape(x0), dtype=x0.dtype)
             x_t, target, weight = self._noised(x0, t, noise)
-            inputs = network_inputs(self.model, x_t, t, None if labels is None else self.drop_labels(labels), augment)
+            inputs = network_inputs(self.model, x_t, self.diffusion.unet_time(t),
+                                    None if labels is None else self.drop_labels(labels), augment)
         with tf.GradientTape() as tape:
             out = tf.cast(self.model(inputs, training=True), x0.dtype)
             with tf.name_scope("loss"):
@@ -327,7 +336,7 @@ class Trainer:
         per_example = tf.cast(per_example, tf.float32)
         s["loss_sum"].assign_add(tf.where(took, tf.cast(loss, tf.float32), 0.0))
         s["steps"].assign_add(tf.cast(took, tf.int64))
-        which = tf.cast(t, tf.int32) * buckets // self.schedule.T
+        which = self.diffusion.bucket(t, buckets)
         keep = tf.cast(took, tf.float32)
         s["bucket_sum"].assign_add(tf.math.unsorted_segment_sum(
             tf.where(took, per_example, tf.zeros_like(per_example)), which, buckets))
@@ -400,7 +409,7 @@ class Trainer:
             tf.stack([tf.constant(c.seed, tf.int64), tf.cast(self.step, tf.int64)]), 3)
         x0, augment = self._augmented(x0, lambda: tf.random.experimental.stateless_fold_in(seeds[2], 1), total, start, b)
         with tf.name_scope("noising"):
-            t = tf.random.stateless_uniform([total], seeds[0], 0, self.schedule.T, dtype=tf.int32)[start:start + b]
+            t = self.diffusion.training_times_stateless(total, seeds[0])[start:start + b]
             noise = tf.random.stateless_normal(tf.concat([[total], tf.shape(x0)[1:]], 0), seeds[1],
                                                dtype=x0.dtype)[start:start + b]
             x_t, target, weight = self._noised(x0, t, noise)
@@ -408,7 +417,7 @@ class Trainer:
                 labels = tf.cast(labels, tf.int32)
                 labels = self._no_label_where(labels, tf.random.stateless_uniform(
                     tf.concat([[total], tf.shape(labels)[1:]], 0), seeds[2])[start:start + b] < c.label_dropout)
-            inputs = network_inputs(self.model, x_t, t, labels, augment)
+            inputs = network_inputs(self.model, x_t, self.diffusion.unet_time(t), labels, augment)
         with tf.GradientTape() as tape:
             out = tf.cast(self.model(inputs, training=True), x0.dtype)
             per_example = weight * tf.reduce_mean(tf.square(target - out), axis=[1, 2, 3])
@@ -521,6 +530,13 @@ class Trainer:
                     f"Trainer {'computes in float16' if self.mixed_precision else 'does not'}: continue with "
                     f"the precision it was trained with ({'float16' if was else 'float32 or bfloat16'}), or "
                     "start a new run")
+            target = saved.get("config", {}).get("prediction")
+            if target is not None and target != self.config.prediction:
+                raise ValueError(
+                    f"the checkpoints in {self.checkpoint_dir} were trained to predict {TARGET_NAMES[target]} "
+                    f"(prediction={target!r}), this Trainer predicts {TARGET_NAMES[self.config.prediction]} "
+                    f"(prediction={self.config.prediction!r}): read as another target the network's output means "
+                    f"something else. Continue with prediction={target!r}, or start a new run")
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
             self._restored_from = self.manager.latest_checkpoint
             for k, v in self._stats.items():

@@ -201,7 +201,7 @@ def test_trainer_loss_uses_the_configured_target_and_weight(prediction, weightin
 # ----------------------------------------------------------------------------- the knobs
 
 @pytest.mark.parametrize("change, words", [
-    (dict(prediction="x0"), "prediction = 'x0' must be 'eps' or 'v'"),
+    (dict(prediction="x0"), "prediction = 'x0' must be 'eps', 'v' or 'flow'"),
     (dict(loss_weighting="snr"), "loss_weighting = 'snr' must be 'none' or 'min-snr'"),
     (dict(snr_gamma=0.0), "snr_gamma = 0.0 must be a positive number"),
 ])

@@ -12,6 +12,8 @@
 #                        AUGMENT=p the non-leaking augmentation's probability (default: 0.2 on a
 #                        fine-tune of the general prior, else 0; lesson 10: the network is told
 #                        each transform, and samples without any),
+#                        OBJECTIVE=flow trains with flow matching instead of the profile's v-prediction
+#                        (lesson 15; from scratch, sampled with Euler),
 #                        PRECISION=float32 turns bfloat16 training off (default auto: bfloat16
 #                        where the CPU has AVX512_BF16 or AMX),
 #                        COMPILE=function|xla forces how the training step is compiled (default auto:
@@ -44,6 +46,7 @@ PROFILE ?=
 FRESH ?= 0
 STEPS ?= 0
 INIT ?=
+OBJECTIVE ?=
 AUGMENT ?=
 PRECISION ?=
 COMPILE ?=
@@ -79,7 +82,7 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	@run=$$(DDPM_PROFILE=$(PROFILE) $(BIN)/python -m ddpm_lessons.runs prepare --runs "$(RUNS)" \
 	  --data "$(DATA)" --size $(SIZE) --steps $(STEPS) --init "$(INIT)" --augment "$(AUGMENT)" --precision "$(PRECISION)" \
-	  --distribute "$(DISTRIBUTE)" --compile "$(COMPILE)" \
+	  --distribute "$(DISTRIBUTE)" --compile "$(COMPILE)" --objective "$(OBJECTIVE)" \
 	  $(if $(filter 1,$(FRESH)),--fresh) $(if $(filter 1,$(CONTINUE)),--continue) \
 	  $(if $(filter 1,$(CONDITIONAL)),--conditional)) || exit 2; \
 	progress="$(PROGRESS)"; test -n "$$progress" || { test -t 1 && progress=bar || progress=lines; }; \
@@ -94,7 +97,7 @@ generate: $(STAMP)
 # a Trainer without a compile choice uses tf.function, whose first trace costs half of XLA's (which "auto"
 # picks on CPUs without AVX-512); tests/test_training.py checks that XLA takes the same step.
 test: $(STAMP)
-	DDPM_PROFILE=tiny DDPM_COMPILE=function $(BIN)/python -m pytest tests notebooks $(PYTEST_NB) -q --durations=25
+	DDPM_PROFILE=tiny DDPM_COMPILE=function $(BIN)/python -m pytest tests notebooks $(PYTEST_NB) -n 2 -q --durations=25
 
 test-unit: $(STAMP)
 	DDPM_PROFILE=tiny DDPM_COMPILE=function $(BIN)/python -m pytest tests -q

@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .profiles import PROFILES, Profile, describe_sampler, get_profile, network_evaluations, sampler_options
+from .profiles import (PROFILES, Profile, describe_sampler, get_profile, network_evaluations, sampler_options,
+                       with_objective)
 from .locks import locked_by_another
 
 # The default number of steps is the profile's train_steps, but never more than MAX_PASSES passes
@@ -131,6 +132,8 @@ def choose_init(shipped_data: bool, profile: Profile, conditional: bool = False)
         return "", "the shipped portraits train from scratch: that is the course's own recipe (lesson 09)"
     if conditional:
         return "", "a conditional U-Net trains from scratch (the shipped general prior is unconditional)"
+    if profile.prediction == "flow":
+        return "", "flow matching (OBJECTIVE=flow) trains from scratch: the shipped networks predict v"
     if profile.name != "cpu" or profile.image_size != PROFILES["cpu"].image_size:
         return "", (f"the shipped general prior is the cpu profile's U-Net at 32x32, not the {profile.name} "
                     f"profile's at {profile.image_size}x{profile.image_size}: from scratch")
@@ -188,23 +191,28 @@ def read_settings(run) -> dict:
     return saved
 
 
-def _run_matches(run: Path, data_path: str, profile_name: str, image_size: int, conditional: bool) -> bool:
+def _run_matches(run: Path, data_path: str, profile_name: str, image_size: int, conditional: bool,
+                 prediction: str | None = None) -> bool:
     try:
         s = read_settings(run)
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return (s.get("data", {}).get("path") == data_path and s["profile"].name == profile_name
-            and s["profile"].image_size == image_size and (s["profile"].num_classes is not None) == conditional)
+            and s["profile"].image_size == image_size and (s["profile"].num_classes is not None) == conditional
+            and (prediction is None or s["profile"].prediction == prediction))
 
 
-def find_unfinished_run(root, data_path: str, profile_name: str, image_size: int, conditional: bool = False):
-    """The newest run under ``root`` on the same folder, profile, image size and conditioning, if it is
-    unfinished (no ``finished.json``) and no other process trains in it; else None."""
+def find_unfinished_run(root, data_path: str, profile_name: str, image_size: int, conditional: bool = False,
+                        prediction: str | None = None):
+    """The newest run under ``root`` on the same folder, profile, image size, conditioning (and, when
+    given, training target: OBJECTIVE=flow never continues a v run), if it is unfinished (no
+    ``finished.json``) and no other process trains in it; else None."""
     root = Path(root)
     if not root.is_dir():
         return None
     runs = sorted((p for p in root.iterdir() if p.is_dir() and p.name[:8].isdigit()
-                   and _run_matches(p, data_path, profile_name, image_size, conditional)), key=lambda p: p.name)
+                   and _run_matches(p, data_path, profile_name, image_size, conditional, prediction)),
+                  key=lambda p: p.name)
     if runs and not (runs[-1] / "finished.json").exists() \
             and not locked_by_another(runs[-1] / "checkpoints" / "lock"):
         return runs[-1]
@@ -226,7 +234,7 @@ def new_run_folder(root, tag: str) -> Path:
 def prepare_run(root="runs", data=None, profile: Profile | None = None, image_size: int = 0,
                 steps: int = 0, fresh: bool = False, continue_changed: bool = False,
                 init_from: str = "", precision: str = "", conditional: bool = False, distribute: str = "",
-                compile: str = "", augment: float | None = None):
+                compile: str = "", augment: float | None = None, objective: str = ""):
     """Check the folder, then pick the run folder: returns ``(run_path, plan)``.
 
     data: a folder of pictures (None or "": the shipped emoji portraits). The folder is read
@@ -247,9 +255,11 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
     ``FINETUNE_AUGMENT`` unless ``steps`` or ``augment`` say otherwise; the plan says which and why).
     ``augment``: the non-leaking augmentation's probability p (lesson 10; None keeps the profile's);
     p > 0 gives the U-Net the augmentation-label input.
+    ``objective``: "" (the profile's target), "eps", "v" or "flow" (flow matching, lesson 15: trained
+    from scratch, sampled with ``profiles.FLOW_SAMPLING``).
     """
     from .data import default_dataset_path
-    profile = profile or get_profile()
+    profile = with_objective(profile or get_profile(), objective)     # Profile validates the result
     if precision:
         profile = profile.replace(precision=precision)          # Profile validates the value
     if distribute:
@@ -300,7 +310,8 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
             plan["notes"].append(f"{unlabelled} pictures lie at the folder's top level, in no sub-folder: "
                                  "they train with the 'no label' token")
 
-    run = None if fresh else find_unfinished_run(root, data_path, profile.name, profile.image_size, conditional)
+    run = None if fresh else find_unfinished_run(root, data_path, profile.name, profile.image_size, conditional,
+                                                 profile.prediction)
     if run is not None:
         saved = read_settings(run)
         old_files = json.loads((run / "data_files.json").read_text()) if (run / "data_files.json").exists() else {}
@@ -378,12 +389,13 @@ def describe_run(run) -> str:
 
 
 def time_sampler_eval(model, schedule, batch: int = 16, prediction: str = "eps") -> float:
-    """Seconds per image per network evaluation while sampling (DDIM loop, after tracing it);
-    ``prediction``: what ``model`` predicts ("eps" or "v", the run's ``settings.prediction``)."""
+    """Seconds per image per network evaluation while sampling (DDIM loop, or Euler's for a flow network,
+    after tracing it); ``prediction``: what ``model`` predicts (the run's ``settings.prediction``)."""
     from .sampling import generate
-    generate(model, schedule, batch, "ddim", 2, 1.0, seed=0, prediction=prediction)   # traces the loop
+    sampler = "euler" if prediction == "flow" else "ddim"
+    generate(model, schedule, batch, sampler, 2, 1.0, seed=0, prediction=prediction)   # traces the loop
     t0 = time.perf_counter()
-    generate(model, schedule, batch, "ddim", 4, 1.0, seed=0, prediction=prediction)
+    generate(model, schedule, batch, sampler, 4, 1.0, seed=0, prediction=prediction)
     return (time.perf_counter() - t0) / (4 * batch)
 
 
@@ -591,6 +603,8 @@ def main(argv=None) -> int:
     a.add_argument("--precision", default="", help="training compute: auto (default), float32 or bfloat16")
     a.add_argument("--distribute", default="", help="auto (default: all GPUs when there are several) or off")
     a.add_argument("--compile", default="", help="the training step: auto (default: by the machine), function or xla")
+    a.add_argument("--objective", default="", help="the training target: the profile's (default: v in cpu), "
+                                                  "eps, v or flow (flow matching, lesson 15)")
     a.add_argument("--conditional", action="store_true",
                    help="class-conditional training (lesson 13): labels from the folder's sub-folders "
                         "(the shipped portraits: subcategory and skin tone)")
@@ -632,6 +646,12 @@ def main(argv=None) -> int:
             if init in SHIPPED_NAMES and (profile.name != "cpu" or args.size not in (0, profile.image_size)):
                 raise UserError(f"INIT={args.init} needs PROFILE=cpu at its image size (no SIZE=): the shipped "
                                 "weights are the cpu profile's U-Net at 32x32")
+            if args.objective not in ("", "eps", "v", "flow"):
+                raise UserError(f"OBJECTIVE={args.objective!r} is not known: leave it out (the profile's target), "
+                                "or give OBJECTIVE=flow (flow matching, lesson 15), v or eps")
+            if init in SHIPPED_NAMES and args.objective in ("eps", "flow"):
+                raise UserError(f"INIT={args.init} and OBJECTIVE={args.objective} cannot go together: the shipped "
+                                "weights predict v; leave INIT= out to train from scratch")
             if init in SHIPPED_NAMES and args.conditional:
                 raise UserError(f"INIT={args.init} and CONDITIONAL=1 cannot go together: the shipped weights are "
                                 "an unconditional U-Net; a conditional one trains from scratch")
@@ -643,7 +663,7 @@ def main(argv=None) -> int:
             try:
                 run, plan = prepare_run(args.runs, args.data, profile, args.size, args.steps, args.fresh,
                                         args.continue_changed, init, args.precision, args.conditional,
-                                        args.distribute, args.compile, augment)
+                                        args.distribute, args.compile, augment, args.objective)
             except ValueError as err:        # e.g. SIZE=30 that the U-Net cannot halve
                 raise UserError(str(err)) from None
             print(run)            # the notebook prints the folder's report and the plan

@@ -72,7 +72,7 @@ def test_euler_with_the_exact_velocity_gives_back_the_mixture():
     mixture: sliced W2 to fresh data within the spread of the same distance between two draws of the data."""
     m = default_mixture()
     fn = velocity_fn(lambda x, t: m.velocity_star(x, t))
-    x = flow_sample(fn, (2000, 2), num_steps=200, sampler="euler", seed=0, dtype=tf.float64)
+    x = flow_sample(fn, (2000, 2), num_steps=200, sampler="euler", seed=0)
     ref = m.sample(2000, seed=100)
     floor = distance_floor(lambda s: m.sample(2000, seed=s), ref, repeats=8)["sw2"]
     assert sliced_wasserstein_w2(x, ref) < floor.mean() + 3 * floor.std(), (sliced_wasserstein_w2(x, ref), floor)

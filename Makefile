@@ -93,7 +93,8 @@ generate: $(STAMP)
 	@test -n "$(RUN)" || { echo "error: name a run folder: make generate RUN=runs/<run> N=100" >&2; exit 2; }
 	@$(BIN)/python -m ddpm_lessons.runs generate "$(RUN)" -n $(N) --seed $(SEED)
 
-# One pytest call runs the unit tests and every notebook (nbval costs ~4 s per call). DDPM_COMPILE=function:
+# One pytest call runs the unit tests and every notebook (nbval costs ~4 s per call), on two workers that
+# each take whole files (conftest.py: one worker left a core idle). DDPM_COMPILE=function:
 # a Trainer without a compile choice uses tf.function, whose first trace costs half of XLA's (which "auto"
 # picks on CPUs without AVX-512); tests/test_training.py checks that XLA takes the same step.
 test: $(STAMP)

@@ -95,11 +95,10 @@ class TrainConfig:
         """The training knobs of a ``Profile`` (learning rate, warm-up, clip, EMA, checkpoints,
         target and loss weighting); ``changes`` override them."""
         keys = ("learning_rate", "warmup_steps", "grad_clip", "ema_decay", "checkpoint_every",
-                "prediction", "loss_weighting", "snr_gamma", "label_dropout", "augment_p")
-        optional = {k: getattr(profile, k) for k in ("time_sampling",) if hasattr(profile, k)}
+                "prediction", "loss_weighting", "snr_gamma", "label_dropout", "augment_p", "time_sampling")
         mode = getattr(profile, "compile", "auto")
         jit = {} if mode == "auto" else {"jit_compile": mode == "xla"}     # auto: the Trainer resolves it
-        return cls(**{**{k: getattr(profile, k) for k in keys}, **optional, **jit, **changes})
+        return cls(**{**{k: getattr(profile, k) for k in keys}, **jit, **changes})
 
 
 def loss_weight(t, schedule: NoiseSchedule, prediction="eps", loss_weighting="none", snr_gamma=5.0):

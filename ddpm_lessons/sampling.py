@@ -627,6 +627,12 @@ def _eps_fn_of(output_fn, schedule, prediction):
     return fn
 
 
+def _unet_time(prediction):
+    """What turns a sampler's time into the U-Net's time input: ``FlowMatching.unet_time`` (999 t) for a
+    flow-matching network, else the timestep itself."""
+    return FlowMatching.unet_time if prediction == "flow" else Diffusion.unet_time
+
+
 def model_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str = "eps"):
     """``eps_fn(x, t)`` for a Keras U-Net: its output for ``prediction="eps"``, or for a v-prediction
     network (lesson 12) eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v (needs ``schedule``), with
@@ -641,7 +647,7 @@ def model_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str =
     key = (prediction, id(schedule) if prediction == "v" else None)
     fns = model.__dict__.setdefault("_ddpm_eps_fns", {})
     if key not in fns:
-        unet_time = FlowMatching.unet_time if prediction == "flow" else Diffusion.unet_time
+        unet_time = _unet_time(prediction)
         fns[key] = _eps_fn_of(lambda x, t: tf.cast(model(network_inputs(model, x, unet_time(t)), training=False),
                                                    x.dtype), schedule, prediction)
     return fns[key]
@@ -660,7 +666,7 @@ def guided_eps_fn(model, schedule: NoiseSchedule | None = None, prediction: str 
     if prediction == "v" and schedule is None:
         raise ValueError("a v-prediction model needs the schedule to turn v into eps")
     num_classes = label_classes(model)
-    unet_time = FlowMatching.unet_time if prediction == "flow" else Diffusion.unet_time
+    unet_time = _unet_time(prediction)
     key = ("guided", prediction, id(schedule) if prediction == "v" else None)
     fns = model.__dict__.setdefault("_ddpm_eps_fns", {})
     if key not in fns:

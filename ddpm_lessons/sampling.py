@@ -35,12 +35,14 @@ loop and share its grid, start and denoising context; apart, each would import a
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from .profiles import network_evaluations  # noqa: F401  (re-exported: samplers' cost)
 from .blocks import null_labels
+from .data import from_unit_range, to_unit_range
 from .diffusion import Diffusion, check_target
 from .flow import FLOW_SAMPLERS, FlowMatching, flow_sample
 from .forward import extract, predict_x0_from_eps, q_posterior_mean_variance
@@ -727,3 +729,16 @@ def generate(model, schedule: NoiseSchedule, num_images: int, sampler="ddim", st
         out.append(sample(eps_fn, shape, schedule, sampler=sampler, steps=steps, eta=eta, seed=seed + i,
                           clip_x0=clip_x0, spacing=spacing, sigma_max=sigma_max, churn=churn))
     return np.concatenate(out)
+
+
+def generate_cached(cache, model, schedule: NoiseSchedule, num_images: int, **options):
+    """``generate(model, schedule, num_images, **options)`` kept as uint8 pixels in the .npz file ``cache``
+    (key "samples") and read back from it when it exists, so a study scores the same samples again
+    without drawing them again. Returns floats in [-1, 1] (the pixels' values, as the scores see them)."""
+    cache = Path(cache)
+    if cache.exists():
+        with np.load(cache) as f:
+            return to_unit_range(f["samples"])
+    pixels = from_unit_range(generate(model, schedule, num_images, **options))
+    np.savez_compressed(cache, samples=pixels)
+    return to_unit_range(pixels)

@@ -32,7 +32,7 @@ from ddpm_lessons.data import default_dataset_path, make_dataset, read_image_fol
 from ddpm_lessons.metrics import (PROTOCOL_SAMPLES, ScoreReference, detail_feature_fn, paired_difference,
                                   random_feature_fn)
 from ddpm_lessons.profiles import get_profile
-from ddpm_lessons.sampling import generate, network_evaluations
+from ddpm_lessons.sampling import generate_cached, network_evaluations
 from ddpm_lessons.schedule import NoiseSchedule
 from ddpm_lessons.training import TrainConfig, Trainer
 from ddpm_lessons.unet import build_unet
@@ -81,12 +81,8 @@ def train(name, images):
 
 def draw(model, schedule, profile, kw, cache):
     """512 samples of ``model`` with sampler ``kw`` (cached as uint8 in ``cache``), in [-1, 1]."""
-    if cache.exists():
-        return np.load(cache)["samples"].astype(np.float32) / 127.5 - 1.0
-    x = generate(model, schedule, PROTOCOL_SAMPLES, seed=SEED, batch_size=128, prediction=profile.prediction, **kw)
-    x = np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
-    np.savez_compressed(cache, samples=x)
-    return x.astype(np.float32) / 127.5 - 1.0
+    return generate_cached(cache, model, schedule, PROTOCOL_SAMPLES, seed=SEED, batch_size=128,
+                           prediction=profile.prediction, **kw)
 
 
 def score(images, out):

@@ -12,9 +12,11 @@ Sampling integrates the ODE dx/dt = u_theta(x, t) from t = 1 (x = eps, pure nois
     Euler   x_s = x_t + (s - t) u(x_t, t)  =  (1 - s) x0_hat + s eps_hat        (DDIM's eta = 0 step, eq. 12,
                                                                                  with alpha = 1 - s, sigma = s)
     Heun    x'  = Euler,  x_s = x_t + (s - t) (u(x_t, t) + u(x', s)) / 2        (the last step, to t = 0: Euler)
+    DPM-Solver++(2M)  lesson 08's multistep step with alpha = 1 - t, sigma = t   (one evaluation per step)
 
 Both run in ``sampling.py``'s compiled loop (``make_loop``): Euler *is* ``sampling.ddim_loop_step(0.0)``
-on this objective's alpha and sigma, Heun is one more step function. ``FlowMatching`` has the
+on this objective's alpha and sigma, DPM-Solver++(2M) is ``sampling.dpmpp2m_loop_step`` with the path's
+weights (``sampling.dpmpp2m_weights``), Heun is one more step function. ``FlowMatching`` has the
 interface of ``diffusion.Diffusion`` (``noised``, ``predict``, ``network_time``, the training times),
 so the Trainer and the samplers take either. Time is continuous: the network's sinusoidal time
 embedding is given ``TIME_SCALE`` t (0 .. 999, the range DDPM's timesteps span).
@@ -26,7 +28,7 @@ import tensorflow as tf
 
 TIME_SCALE = 999.0                 # t = 1 reaches the U-Net's time embedding as DDPM's last timestep does
 TIME_SAMPLINGS = ("uniform", "logit-normal")
-FLOW_SAMPLERS = ("euler", "heun")
+FLOW_SAMPLERS = ("euler", "heun", "dpm++2m")
 
 
 def check_time_sampling(time_sampling):
@@ -144,9 +146,10 @@ def flow_sample(velocity_fn, shape, num_steps=10, sampler="euler", seed=0, clip_
 
     ``velocity_fn``: ``sampling.model_eps_fn(model, prediction="flow")`` or any eps_fn that carries a
     ``FlowMatching`` as ``.objective`` and ``.predict_eps_x0(x, t) -> (eps, x0)``; t is given as (B,) float32
-    in [0, 1]. sampler: "euler" (num_steps evaluations) or "heun" (2 num_steps - 1). x_T: the start at
+    in [0, 1]. sampler: "euler" (num_steps evaluations), "heun" (2 num_steps - 1) or "dpm++2m" (lesson 08's
+    DPM-Solver++(2M) on the straight path's alpha = 1 - t, sigma = t: num_steps evaluations). x_T: the start at
     t = 1, else z = ``sampling.initial_noise(seed)``, the z every DDPM sampler starts from."""
-    from .sampling import ddim_loop_step, initial_noise, make_loop, run_loop
+    from .sampling import ddim_loop_step, dpmpp2m_loop_step, dpmpp2m_weights, initial_noise, make_loop, run_loop
     objective = getattr(velocity_fn, "objective", None)
     if not isinstance(objective, FlowMatching):
         raise ValueError("flow_sample needs a velocity function of a flow-matching network: "
@@ -157,11 +160,52 @@ def flow_sample(velocity_fn, shape, num_steps=10, sampler="euler", seed=0, clip_
         raise ValueError(f"num_steps must be between 1 and {objective.T}, got {num_steps}")
     grid = objective.grid(num_steps)
     x = tf.cast(x_T, dtype) if x_T is not None else initial_noise(shape, int(seed), objective.T, dtype)
-    step, key = (ddim_loop_step(0.0), ("ddim", 0.0)) if sampler == "euler" else (heun_loop_step, ("flow-heun",))
+    extra = np.zeros((0, num_steps), np.float32)
+    if sampler == "euler":
+        step, key = ddim_loop_step(0.0), ("ddim", 0.0)
+    elif sampler == "heun":
+        step, key = heun_loop_step, ("flow-heun",)
+    else:
+        t, s = grid[:-1].astype(np.float64), grid[1:].astype(np.float64)
+        extra = np.stack(dpmpp2m_weights(1.0 - t, t, 1.0 - s, s)).astype(np.float32)
+        step, key = dpmpp2m_loop_step, ("dpm++2m",)
     run = make_loop(velocity_fn, objective, step, key, clip_x0=clip_x0,
                     keep_trajectory=bool(return_trajectory), rank=len(x.shape))
-    out = run_loop(run, x, grid, np.zeros((0, num_steps), np.float32), seed)
+    out = run_loop(run, x, grid, extra, seed)
     if not return_trajectory:
         return out.numpy()
     x0, xs, x0s = out
     return x0.numpy(), (grid[:-1], xs.numpy(), x0s.numpy())
+
+
+def reflow_pairs(model, schedule, num_pairs: int, seed: int = 0, sampler: str = "heun", steps: int = 10,
+                 batch_size: int = 128):
+    """The pairs of rectified flow's second round ("reflow", Liu et al. 2023, section 2.3):
+
+        (z, x0 = ODE_theta(z)),   z ~ N(0, I)          x0: what the trained flow network makes of z
+
+    drawn with ``sampling.generate`` (``sampler``, ``steps``; batch i from seed + i, whose start is
+    ``sampling.initial_noise(seed + i)``). Trained on these couples instead of independent (x0, eps), the
+    straight line from z to x0 is the path itself: paths no longer cross, and the velocity along each
+    is constant, which few-step samplers get right. Returns (noise, images), float32 (N, H, W, C)."""
+    from .sampling import generate, initial_noise
+    images = generate(model, schedule, num_pairs, sampler=sampler, steps=steps, seed=seed,
+                      batch_size=batch_size, prediction="flow")
+    size, channels = model.input_shape[0][1], model.input_shape[0][3]
+    noise = [initial_noise((min(batch_size, num_pairs - start), size, size, channels), seed + i, schedule.T).numpy()
+             for i, start in enumerate(range(0, num_pairs, batch_size))]
+    return np.concatenate(noise).astype(np.float32), images.astype(np.float32)
+
+
+def pair_dataset(noise, images, batch_size: int, seed: int = 0):
+    """A tf.data pipeline of reflow's couples: batches {"images": x0 (B, H, W, C), "noise": z (B, H, W, C)}
+    (the Trainer trains on each image with its own noise), shuffled together (seeded, every pass), no flip:
+    a flipped picture would no longer be what its noise becomes."""
+    noise, images = np.asarray(noise, np.float32), np.asarray(images, np.float32)
+    if noise.shape != images.shape:
+        raise ValueError(f"noise {noise.shape} and images {images.shape} must pair one to one")
+    if not 1 <= batch_size <= len(images):
+        raise ValueError(f"batch_size {batch_size} must be between 1 and the number of pairs ({len(images)})")
+    ds = tf.data.Dataset.from_tensor_slices({"images": images, "noise": noise})
+    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

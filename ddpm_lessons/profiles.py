@@ -67,7 +67,7 @@ class Profile:
     augment_dim: int = 0       # the U-Net's augmentation-label input: 0 (none) or 5 (augment.AUGMENT_DIM)
     # sampling
     sampler: str = "ddim"      # "ddim" (any steps, eta below), "dpm++2m", "heun" (EDM) or "ddpm" (all T steps);
-                               # a flow-matching network: "euler" or "heun" (flow.py)
+                               # a flow-matching network: "euler", "heun" or "dpm++2m" (flow.py)
     sample_steps: int = 50     # steps of the sampler used for previews and final grids (heun: noise levels)
     sample_eta: float = 1.0    # DDIM noise: 1 = ancestral on a respaced schedule, 0 = deterministic
     sample_spacing: str = "uniform"   # timesteps "uniform" in t, or "karras" (rho = 7 in sigma)
@@ -116,7 +116,8 @@ class Profile:
         need(isinstance(self.snr_gamma, numbers.Real) and self.snr_gamma > 0, "snr_gamma",
              "must be a positive number, e.g. 5.0")
         if self.prediction == "flow":
-            need(self.sampler in ("euler", "heun"), "sampler", "must be 'euler' or 'heun' for a flow-matching network")
+            need(self.sampler in ("euler", "heun", "dpm++2m"), "sampler",
+                 "must be 'euler', 'heun' or 'dpm++2m' for a flow-matching network")
             need(self.loss_weighting == "none", "loss_weighting", "must be 'none' for flow matching")
         else:
             need(self.sampler in ("ddim", "ddpm", "dpm++2m", "heun"), "sampler",

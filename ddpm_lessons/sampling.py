@@ -303,25 +303,31 @@ def ddim_loop_step(eta=0.0):
 
 
 def dpmpp2m_coefficients(schedule: NoiseSchedule, taus) -> tuple:
-    """Per-step (c_x, c_d, w) for x_s = c_x x_t + c_d ((1 + w) x0_hat - w x0_prev), as float64
-    arrays of the length of ``taus`` (decreasing timesteps; the last step goes to x_0):
-
-        a = sqrt(abar), b = sqrt(1 - abar) (alpha, sigma in the code), lambda = log(a / b), h = lambda_s - lambda_t
-        c_x = b_s / b_t,  c_d = a_s (1 - e^{-h}),  w = 1 / (2r),  r = h_prev / h
-
-    w = 0 on the first step (no history) and on the last (to x_0, "lower order final")."""
+    """Per-step (c_x, c_d, w) of ``dpmpp2m_weights`` on this schedule's grid ``taus`` (decreasing
+    timesteps; the last step goes to x_0): a = sqrt(abar), b = sqrt(1 - abar), as float64 arrays."""
     taus = np.asarray(taus)
     ab = np.append(schedule.alphas_cumprod.astype(np.float64), 1.0)
     t, s = taus, np.append(taus[1:], END)
-    alpha_t, sigma_t = np.sqrt(ab[t]), np.sqrt(1 - ab[t])
-    alpha_s, sigma_s = np.sqrt(ab[s]), np.sqrt(1 - ab[s])
+    return dpmpp2m_weights(np.sqrt(ab[t]), np.sqrt(1 - ab[t]), np.sqrt(ab[s]), np.sqrt(1 - ab[s]))
+
+
+def dpmpp2m_weights(alpha_t, sigma_t, alpha_s, sigma_s) -> tuple:
+    """Per-step (c_x, c_d, w) for x_s = c_x x_t + c_d ((1 + w) x0_hat - w x0_prev) on any path
+    x_t = alpha_t x0 + sigma_t eps (the cosine schedule's, or flow matching's 1 - t, t), steps t -> s:
+
+        lambda = log(alpha / sigma), h = lambda_s - lambda_t
+        c_x = sigma_s / sigma_t,  c_d = alpha_s (1 - e^{-h}),  w = 1 / (2r),  r = h_prev / h
+
+    w = 0 on the first step (no history) and on the last (to x_0, "lower order final"); a path that
+    starts at alpha = 0 (flow's t = 1) has h = inf there, so its second step is first order too."""
+    alpha_t, sigma_t, alpha_s, sigma_s = (np.asarray(v, np.float64) for v in (alpha_t, sigma_t, alpha_s, sigma_s))
     c_x = sigma_s / sigma_t
     c_d = alpha_s - alpha_t * sigma_s / sigma_t            # alpha_s (1 - e^{-h}), e^{-h} = alpha_t sigma_s / (sigma_t alpha_s)
     with np.errstate(divide="ignore"):
         lam = lambda a, b: np.log(a) - np.log(b)
         h = lam(alpha_s, sigma_s) - lam(alpha_t, sigma_t)   # inf on the last step (sigma_s = 0)
-    w = np.zeros(len(taus))
-    inner = np.arange(1, len(taus) - 1)                    # not the first step, not the last
+    w = np.zeros(len(c_x))
+    inner = np.arange(1, len(c_x) - 1)                     # not the first step, not the last
     w[inner] = h[inner] / (2 * h[inner - 1])
     return c_x, c_d, w
 

@@ -208,16 +208,22 @@ def build_toy_mlp(width=128, depth=3, dim=2, seed=0) -> ToyMLP:
     return model
 
 
-def train_toy(model, data, schedule: NoiseSchedule, steps=3000, batch=256, lr=2e-3, seed=0, objective=None):
+def train_toy(model, data, schedule: NoiseSchedule, steps=3000, batch=256, lr=2e-3, seed=0, objective=None,
+              noise=None):
     """Train eps_theta with the simple loss E || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1-abar_t) eps, t) ||^2.
 
     data: (N, d) training points. Each step draws a batch of points, t ~ U{0..T-1} and eps ~ N(0, I)
     (Ho et al. Algorithm 1). Adam with a cosine-decaying learning rate (to lr / 10).
     ``objective``: another training objective with the ``Diffusion`` interface (lesson 15:
     ``flow.FlowMatching``, the velocity u = eps - x0 at t ~ U(0, 1)): its times, noising and target.
+    ``noise``: (N, d), each point's own noise (reflow's couples, lesson 15), taken with it instead of fresh eps.
     Returns the loss of every step, (steps,) float32.
     """
     data = tf.constant(np.asarray(data, np.float32))
+    if noise is not None:
+        noise = tf.constant(np.asarray(noise, np.float32))
+        if noise.shape != data.shape:
+            raise ValueError(f"noise {noise.shape} must pair one to one with data {data.shape}")
     n, T = int(data.shape[0]), schedule.T
     lr_schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(steps, 1), alpha=0.1)
     opt = keras.optimizers.Adam(lr_schedule)
@@ -226,14 +232,16 @@ def train_toy(model, data, schedule: NoiseSchedule, steps=3000, batch=256, lr=2e
 
     @tf.function
     def step():
-        x0 = tf.gather(data, gen.uniform([batch], 0, n, dtype=tf.int32))
+        which = gen.uniform([batch], 0, n, dtype=tf.int32)
+        x0 = tf.gather(data, which)
+        fresh = lambda: gen.normal(tf.shape(x0)) if noise is None else tf.gather(noise, which)   # noqa: E731
         if objective is None:
             t = gen.uniform([batch], 0, T, dtype=tf.int32)
-            eps = gen.normal(tf.shape(x0))
+            eps = fresh()
             x_t, target, t_in = q_sample(x0, t, eps, schedule), eps, t
         else:
             t = objective.training_times(gen, batch)
-            x_t, target, _ = objective.noised(x0, t, gen.normal(tf.shape(x0)))
+            x_t, target, _ = objective.noised(x0, t, fresh())
             t_in = objective.unet_time(t)
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.square(target - model(x_t, t_in, training=True)))

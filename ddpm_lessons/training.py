@@ -285,14 +285,15 @@ class Trainer:
         """(x_t, the target, the per-example loss weight) of images x0 at timesteps t with ``noise``."""
         return self.diffusion.noised(x0, t, noise)
 
-    def _train_step(self, x0, labels=None):
+    def _train_step(self, x0, labels=None, noise=None):
         """Algorithm 1 on one batch; returns (mean loss, weighted per-example loss (B,), t (B,)).
-        ``labels`` (B, K) int32 for a conditional U-Net (``build_unet(num_classes=...)``)."""
+        ``labels`` (B, K) int32 for a conditional U-Net (``build_unet(num_classes=...)``).
+        ``noise`` (B, H, W, C): each image's own noise, paired with it (reflow, lesson 15), else drawn."""
         batch = tf.shape(x0)[0]
         x0, augment = self._augmented(x0, lambda: self.rng.make_seeds(1)[:, 0], batch, 0, batch)
         with tf.name_scope("noising"):      # the scopes name the parts of the bench's step profile
             t = self.diffusion.training_times(self.rng, batch)
-            noise = self.rng.normal(tf.shape(x0), dtype=x0.dtype)
+            noise = self.rng.normal(tf.shape(x0), dtype=x0.dtype) if noise is None else tf.cast(noise, x0.dtype)
             x_t, target, weight = self._noised(x0, t, noise)
             inputs = network_inputs(self.model, x_t, self.diffusion.unet_time(t),
                                     None if labels is None else self.drop_labels(labels), augment)
@@ -371,13 +372,12 @@ class Trainer:
         return tf.constant(True)
 
     # ------------------------------------------------------------------ the step on several devices
-    def _distributed_step(self, x0, labels=None):
+    def _distributed_step(self, x0, labels=None, noise=None):
         """One step under ``self.strategy``: each replica runs ``_replica_step`` on its part of the
         global batch (and takes the update); the EMA and the step counter
         are updated once, in cross-replica context, if the step was taken.
         Returns (mean loss over the global batch, per-example loss (B,), t (B,)), as ``_train_step``."""
-        args = (x0,) if labels is None else (x0, labels)
-        loss, per_example, t, grads_ok = self.strategy.run(self._replica_step, args=args)
+        loss, per_example, t, grads_ok = self.strategy.run(self._replica_step, args=(x0, labels, noise))
         loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
         grads_ok = self.strategy.experimental_local_results(grads_ok)[0]     # the same on every replica
         per_example, t = self.strategy.gather(per_example, axis=0), self.strategy.gather(t, axis=0)
@@ -386,7 +386,7 @@ class Trainer:
         self._count(took, loss, per_example, t, grads_ok)
         return loss, per_example, t
 
-    def _replica_step(self, x0, labels=None):
+    def _replica_step(self, x0, labels=None, noise=None):
         """Algorithm 1 on this replica's b of the global B images (B = the sum of the R parts).
 
         t, the noise and the label dropout are drawn for the whole global batch from stateless seeds
@@ -409,8 +409,8 @@ class Trainer:
         x0, augment = self._augmented(x0, lambda: tf.random.experimental.stateless_fold_in(seeds[2], 1), total, start, b)
         with tf.name_scope("noising"):
             t = self.diffusion.training_times_stateless(total, seeds[0])[start:start + b]
-            noise = tf.random.stateless_normal(tf.concat([[total], tf.shape(x0)[1:]], 0), seeds[1],
-                                               dtype=x0.dtype)[start:start + b]
+            noise = tf.random.stateless_normal(tf.concat([[total], tf.shape(x0)[1:]], 0), seeds[1], dtype=x0.dtype
+                                               )[start:start + b] if noise is None else tf.cast(noise, x0.dtype)
             x_t, target, weight = self._noised(x0, t, noise)
             if labels is not None:
                 labels = tf.cast(labels, tf.int32)
@@ -448,14 +448,22 @@ class Trainer:
             self.optimizer.apply, args=(grads, variables)))
 
     def _split(self, batch):
-        """(images, labels or None) from a batch; a conditional U-Net needs the labels."""
-        x0, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)
+        """(images, labels or None, noise or None) from a batch: images, (images, labels), or a dict with
+        "images" and the optional "labels" and "noise" (``flow.pair_dataset``: reflow's fixed pairs)."""
+        noise = None
+        if isinstance(batch, dict):
+            x0, labels, noise = batch["images"], batch.get("labels"), batch.get("noise")
+            if noise is not None and self.config.augment_p:
+                raise ValueError("a batch with its own noise (reflow's pairs) cannot be augmented: the transform "
+                                 "would break the pairing; train it with augment_p = 0")
+        else:
+            x0, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)
         if (labels is None) != (self.num_classes is None):
             raise ValueError("a conditional U-Net trains on (images, labels) batches, an unconditional one on "
                              "images alone: make_dataset(images, batch, labels=...) gives the pairs"
                              if labels is None else "labels were given to an unconditional U-Net: build it "
                              "with build_unet(..., num_classes=...) to use them")
-        return x0, labels
+        return x0, labels, noise
 
     def time_steps(self, x0, num_steps: int = 8, warmup: int = 3) -> float:
         """Seconds per compiled training step on batch ``x0``: the median of ``num_steps`` steps, each
@@ -570,7 +578,8 @@ class Trainer:
             progress_seconds: float = 10.0):
         """Train until the step counter reaches ``total_steps``; returns the loss history.
 
-        ``dataset`` yields float batches (B, H, W, C) in [-1, 1] and is repeated as needed; a second
+        ``dataset`` yields float batches (B, H, W, C) in [-1, 1] (or (images, labels), or reflow's
+        {"images", "noise"}: ``_split``) and is repeated as needed; a second
         ``fit`` on the same dataset, or one after ``restore()``, continues its batches where the run
         left them. Steps are not waited for one by one: the loss is read from the device every
         ``log_every`` steps (and before each checkpoint), which is when a NaN loss is noticed (the step
@@ -628,7 +637,7 @@ class Trainer:
         return self.history
 
     def _batch_size(self, batch) -> int:
-        x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
+        x0 = self._split(batch)[0]
         if self.strategy is None:
             return int(x0.shape[0])
         return sum(int(v.shape[0]) for v in self.strategy.experimental_local_results(x0))   # every replica's part

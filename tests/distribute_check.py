@@ -109,6 +109,23 @@ for precision, bad in (("float32", two32), ("float16", two16)):         # each h
     out[f"nan_{precision}_step"] = int(bad.step.numpy())
     out[f"nan_{precision}_bad_step"] = int(bad._stats["bad_step"].numpy())
 
+# Reflow's batches carry each image's own noise (flow.pair_dataset): two replicas slice it with the images
+# and train on it as one device does; the drawn noise would give another loss.
+own_noise = np.random.default_rng(2).standard_normal(images[:8].shape).astype("float32")
+
+
+def paired_step(tr):
+    batch = next(iter(tr.strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices({"images": images[:8], "noise": own_noise}).batch(8))))
+    loss, _, t = tr._compiled_step(*tr._split(batch))
+    return float(loss), t.numpy(), [w.numpy() for w in tr.model.trainable_variables + tr.ema_model.trainable_variables]
+
+
+p1, pt1, pw1 = paired_step(trainer(ONE, clip))
+p2, pt2, pw2 = paired_step(trainer(TWO, clip))
+out.update(pair_loss_one=p1, pair_loss_two=p2, pair_same_t=bool(np.array_equal(pt1, pt2)), pair_weights=max_diff(pw1, pw2),
+           pair_vs_drawn_loss=abs(p1 - l1))
+
 data = tf.data.Dataset.from_tensor_slices(images).batch(8)      # two global batches of 8
 straight = trainer(TWO, clip)
 straight.fit(data, 3, progress=False)

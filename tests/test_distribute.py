@@ -51,6 +51,15 @@ def test_float16_with_loss_scaling_takes_the_same_step_on_two_replicas(measured)
     assert measured["f16_grad_vs_f32"] < 1e-2, measured
 
 
+def test_batches_with_their_own_noise_take_the_same_step_on_two_replicas(measured):
+    """Reflow's pairs (lesson 15): each replica trains on its slice of the given noise, so the loss and the
+    weights are one device's; and the given noise is used (the step on drawn noise had another loss)."""
+    assert measured["pair_same_t"], measured
+    assert abs(measured["pair_loss_one"] - measured["pair_loss_two"]) < 1e-5, measured
+    assert measured["pair_weights"] < 1e-6, measured
+    assert measured["pair_vs_drawn_loss"] > 1e-3, measured
+
+
 def test_the_gradients_are_summed_over_the_replicas_once(measured):
     """Catches a step that all-reduces the gradients itself and then gives them to Keras's optimizer,
     which sums them over the replicas again (twice the traffic; the step had to divide by R)."""

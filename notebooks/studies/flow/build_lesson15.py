@@ -284,7 +284,67 @@ plt.show()
 """)
 
 md(r"""
-## 6. The same Trainer, another objective
+## 6. Reflow: straighten the paths, and one step is enough
+
+Why do few steps fail? Training joins *independent* pairs $(x_0, \epsilon)$ by straight lines, and many of those
+lines pass through one point $x_t$, heading for different pictures; the network learns their average,
+$u^* = E[\epsilon - x_0 \mid x_t]$, and the ODE's paths bend (section 4's figure). At $t = 1$ the average is
+$u^*(z, 1) = z - E[x_0]$, so **one** Euler step from any noise $z$ lands on the data's mean. Liu et al.'s
+remedy, **reflow**: run the trained ODE from noise $z$ to its picture $x_0 = \mathrm{ODE}(z)$, and train again
+on these *couples*. ODE paths never cross, so no other couple's line passes through the line from $z$ to
+$\mathrm{ODE}(z)$: the new field's paths are straight, and a single step lands where the ODE goes.
+
+On the mixture, with the exact field as a perfect first round: 20,000 couples from Heun-50, and section 4's
+ToyMLP with its steps trained twice: on the couples, and on the same points with fresh noise (the first
+round's independent pairs) — so that what changes is only the coupling:
+""")
+
+code(r"""
+z_pairs = np.random.default_rng(5).standard_normal((20_000, 2))                         # (20000, 2) the noise z
+x_pairs = flow_sample(exact_fn, z_pairs.shape, num_steps=50, sampler="heun", x_T=z_pairs, dtype=tf.float64)  # ODE(z)
+fields = {"exact u* (first round)": exact_fn}
+for name, noise in (("same points, fresh noise", None), ("reflow (couples)", z_pairs)):
+    m = toy.build_toy_mlp(width=TOY_WIDTH, seed=0)
+    loss = toy.train_toy(m, x_pairs, schedule, steps=TOY_STEPS, batch=256, lr=2e-3, seed=0, objective=flow, noise=noise)
+    fields[name] = velocity_fn(lambda x, t, m=m: m(tf.cast(x, tf.float32),
+                                                   FlowMatching.unet_time(tf.broadcast_to(t, [tf.shape(x)[0]]))))
+    print(f"{name:26s} last 200 losses {loss[-200:].mean():.4f}")
+z3 = np.random.default_rng(6).standard_normal((2000, 2))                               # fresh noise
+ode_end = flow_sample(exact_fn, z3.shape, num_steps=50, sampler="heun", x_T=z3, dtype=tf.float64)
+reflow_dist, reflow_sw, one_step = {}, {}, {}
+print(f"\n{'Euler steps':>11s}  " + "  ".join(f"{name:>26s}" for name in fields))
+for k in (1, 2, 4):
+    for name, fn in fields.items():
+        x = flow_sample(fn, z3.shape, num_steps=k, sampler="euler", x_T=z3,
+                        dtype=tf.float64 if fn is exact_fn else tf.float32)
+        reflow_dist[name, k] = float(np.median(np.linalg.norm(x - ode_end, axis=1)))   # from where the ODE goes
+        reflow_sw[name, k] = toy.sliced_wasserstein_w2(x, x_ref)                        # from the mixture
+        one_step.setdefault(name, x)
+    print(f"{k:11d}  " + "  ".join(f"{reflow_dist[name, k]:8.3f} away, SW {reflow_sw[name, k]:5.3f}" for name in fields))
+print(f"(SW between two draws of the mixture itself: {floor_sw.mean():.3f} +- {floor_sw.std():.3f})")
+fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), sharex=True, sharey=True)
+for ax, (name, x) in zip(axes, one_step.items()):
+    ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4); ax.set_title(f"one Euler step: {name}", fontsize=9)
+    ax.set_aspect("equal")
+axes[0].set_xlim(-2.5, 2.5); axes[0].set_ylim(-2.5, 2.5)
+plt.show()
+""")
+
+md(r"""
+One step of the exact field puts every point on the mean (the left panel's single dot), and so does the network
+trained on the same points with fresh noise. Trained on the couples, one step lands about a twentieth of a unit
+from where the 50-step ODE goes, and its points are as close to the mixture (SW) as a second draw of the mixture
+itself. The loss says the same thing from the other side: with fresh noise it stays near 1 (many velocities
+through each $x_t$, only their average can be learned); on the couples it falls almost to zero (one velocity
+per point: nothing left to average).
+
+What it costs: one ODE solve per couple (here 99 evaluations each) and a second training; and the second round
+learns the *first model's* pictures, so it can only be as good as the first round. Section 8 measures what it
+buys on the portraits.
+""")
+
+md(r"""
+## 7. The same Trainer, another objective
 
 `TrainConfig(prediction="flow")` is all it takes: the `Trainer` asks its objective (`diffusion.objective`, here a
 `FlowMatching`) for the training times ($t \sim U(0, 1)$, or SD3's logit-normal with `time_sampling="logit-normal"`),
@@ -309,50 +369,71 @@ plt.show()
 """)
 
 md(r"""
-## 7. Flow matching against DDPM's $v$, at equal compute
+## 8. Flow matching against DDPM's $v$, at equal compute
 
-`notebooks/studies/flow/compare_flow.py` trained the `cpu` recipe twice on the shipped portraits, identical but
-for the objective (the same seed, data order, 1,800 steps of batch 32, learning rate, EMA and precision): **v**
-(the course's recipe) and **flow** ($t \sim U(0,1)$). Each was then sampled at 1, 2, 4, 8, 10 and 20 network
-evaluations with each of its samplers — v: DDIM $\eta = 0$ and DPM-Solver++(2M), Karras spacing from $\sigma = 80$
-(lesson 08's fixes); flow: Euler, and Heun with as many steps as fit — and scored by lesson 11's protocol: 512
-samples from fresh seeds, the same real subsets for every contender, detail KID ×10³ ± its standard error,
-SWD ×10³ and the shapes KID ×10³; a difference counts only beyond 2 paired standard errors.
+`notebooks/studies/flow/compare_flow.py` trained the `cpu` recipe three times on the shipped portraits, identical
+but for the objective (the same seed, data order, 1,800 steps of batch 32, learning rate, EMA and precision):
+**v** (the course's recipe), **flow** ($t \sim U(0,1)$) and **flow-ln** (SD3's logit-normal $t$, which spends
+more steps in the middle of the path). A fourth run, **reflow**, is section 6 on the portraits: 8,192 couples
+(noise, picture) drawn from flow's network (Heun, 19 evaluations each), then 1,800 more steps from flow's weights
+on those couples — twice flow's training, plus the drawing. Each was sampled at 1, 2, 4, 8, 10 and 20 network
+evaluations with each of its samplers — v: DDIM $\eta = 0$ and DPM-Solver++(2M), Karras spacing from
+$\sigma = 80$ (lesson 08's fixes); the flows: Euler, Heun with as many steps as fit, and DPM-Solver++(2M) on the
+straight path (`sampling.dpmpp2m_weights` with $a_t = 1 - t$, $s_t = t$; up to 3 steps it is Euler) — and scored
+by lesson 11's protocol: 512 samples from fresh seeds, the same real subsets for every contender, detail KID ×10³
+± its standard error, SWD ×10³ and the shapes KID ×10³; a difference counts only beyond 2 paired standard errors.
+Each row is a method's best sampler at that budget.
 """)
 
 code(r"""
 study = json.loads(Path("studies/flow/results.json").read_text())
 runs = study["runs"]
+
+
+def cell(name, b):
+    label = runs[name]["best"][str(b)]
+    r_ = runs[name]["samplers"][label]
+    return f"{label:11s} {1e3 * r_['kid']:6.2f} +- {1e3 * r_['kid_se']:4.2f} {r_['swd']:6.1f} {1e3 * r_['shapes_kid']:6.1f}"
+
+
 print(f"n = {study['num_samples']} samples per row, seeds from {study['seed']}; KID x1e3; each method's best sampler per budget")
-print(f"{'evals':>5s}  {'v: sampler':13s} {'detail KID':>14s} {'SWD':>6s} {'shapes':>6s}   {'flow: sampler':13s} "
+print(f"{'evals':>5s}  {'v: sampler':11s} {'detail KID':>14s} {'SWD':>6s} {'shapes':>6s}   {'flow: sampler':11s} "
       f"{'detail KID':>14s} {'SWD':>6s} {'shapes':>6s}   {'flow - v (paired)':>18s}")
 for b in study["budgets"]:
-    cells = []
-    for name in ("v", "flow"):
-        label = runs[name]["best"][str(b)]
-        r_ = runs[name]["samplers"][label]
-        cells.append(f"{label:13s} {1e3 * r_['kid']:6.2f} +- {1e3 * r_['kid_se']:4.2f} {r_['swd']:6.1f} {1e3 * r_['shapes_kid']:6.1f}")
     d = study["flow_vs_v"][str(b)]
     mark = " flow wins" if d["flow_wins"] else " v wins" if d["v_wins"] else ""
-    print(f"{b:5d}  {cells[0]}   {cells[1]}   {1e3 * d['diff']:+7.2f} +- {1e3 * d['se']:4.2f}{mark}")
+    print(f"{b:5d}  {cell('v', b)}   {cell('flow', b)}   {1e3 * d['diff']:+7.2f} +- {1e3 * d['se']:4.2f}{mark}")
 f = study["floor"]
 print(f"real pictures (floor): detail KID {1e3 * f['kid']:.2f} +- {1e3 * f['kid_se']:.2f}, SWD {f['swd']:.1f}, "
       f"shapes {1e3 * f['shapes_kid']:.1f}")
 reach = study["reaches_other_at_10"]
 print(f"first budget at which flow is not worse than v's 10-evaluation detail score: {reach['flow']}; "
       f"v against flow's: {reach['v']}")
-print(f"training: v {runs['v']['train_seconds'] / 60:.1f} min, flow {runs['flow']['train_seconds'] / 60:.1f} min "
-      f"({runs['v']['steps']} steps each, the same machine)")
-fig, axes = plt.subplots(1, 2, figsize=(12, 3.2))
-for ax, b in zip(axes, (2, 10)):
-    grid = np.concatenate([plt.imread(f"studies/flow/{name}_{runs[name]['best'][str(b)]}.png") for name in ("v", "flow")], 1)
+
+print(f"\nthe flow variants against flow (t ~ U(0, 1)); paired differences in detail KID x1e3, negative = better")
+print(f"{'evals':>5s}  {'flow-ln: sampler':11s} {'detail KID':>9s} {'SWD':>6s} {'shapes':>6s}  {'- flow':>15s}   "
+      f"{'reflow: sampler':11s} {'detail KID':>9s} {'SWD':>6s} {'shapes':>6s}  {'- flow':>15s}")
+for b in study["budgets"]:
+    parts = []
+    for name in ("flow-ln", "reflow"):
+        d = study["vs_flow"][name][str(b)]
+        mark = " better" if d["wins"] else " worse " if d["loses"] else "       "
+        parts.append(f"{cell(name, b)}  {1e3 * d['diff']:+6.2f} +- {1e3 * d['se']:4.2f}{mark}")
+    print(f"{b:5d}  {parts[0]}   {parts[1]}")
+minutes = {name: runs[name]["train_seconds"] / 60 for name in runs}
+print(f"\ntraining (1,800 steps each, the same machine): " + ", ".join(f"{n} {m:.1f} min" for n, m in minutes.items())
+      + f"; reflow's couples took {runs['reflow']['pair_seconds'] / 60:.1f} min to draw")
+fig, axes = plt.subplots(1, 3, figsize=(15, 2.6))
+for ax, b in zip(axes, (1, 2, 10)):
+    grid = np.concatenate([plt.imread(f"studies/flow/{name}_{runs[name]['best'][str(b)]}.png")[:, :, :3]
+                           for name in ("v", "flow", "reflow")], 1)
     ax.imshow(grid); ax.axis("off")
-    ax.set_title(f"{b} evaluations: v ({runs['v']['best'][str(b)]}, left), flow ({runs['flow']['best'][str(b)]}, right)", fontsize=9)
+    ax.set_title(f"{b} evaluation{'s' * (b > 1)}: v, flow, reflow (left to right; 16 each, the same seeds)", fontsize=9)
 plt.tight_layout(); plt.show()
 fig, ax = plt.subplots(figsize=(6, 3))
-for name in ("v", "flow"):
+for name in runs:
     curve = study["loss_curves"][name]
-    ax.plot(curve["step"], curve["loss"], label=f"{name} (its own target's units)")
+    ax.plot(curve["step"], curve["loss"], label=f"{name}" + (" (its second round's steps)" if name == "reflow" else ""))
 ax.set(xlabel="step", ylabel="training loss (EMA of the logged values)", yscale="log"); ax.legend(fontsize=8)
 plt.show()
 """)
@@ -403,10 +484,13 @@ assert np.all(mc_z < 4), f"u* differs from the Monte Carlo average by {mc_z} sta
 assert max(rel_err.values()) < 0.15, f"the learned velocity is off the exact one by {rel_err} (relative)"
 assert sw["exact u*"] < floor_sw.mean() + 3 * floor_sw.std(), "Heun with the exact field does not give the mixture"
 assert abs(order_slope["euler"] + 1) < 0.2 and abs(order_slope["heun"] + 2) < 0.2, order_slope
+assert reflow_dist["reflow (couples)", 1] < 0.2 < 0.8 < min(reflow_dist["exact u* (first round)", 1],
+                                                         reflow_dist["same points, fresh noise", 1]), reflow_dist
 assert demo.shape == (16, profile.image_size, profile.image_size, 3) and np.all(np.isfinite(demo))
 assert study["num_samples"] == 512 and set(study["budgets"]) >= {1, 2, 4, 8, 10, 20}
 print("checks passed: path ends exact, target = derivative, u <-> v identity, exact u* = Monte Carlo,\n"
-      "learned u within 15% of u* on the path, Heun with u* gives the mixture, orders 1 and 2 within 0.2")
+      "learned u within 15% of u* on the path, Heun with u* gives the mixture, orders 1 and 2 within 0.2,\n"
+      "one Euler step of the reflowed field within 0.2 of the ODE's end (the first round's: beyond 0.8)")
 """)
 
 nb = nbformat.v4.new_notebook(cells=cells)

@@ -1,21 +1,25 @@
 """Flow matching against DDPM's v-prediction at equal training compute, judged by the protocol (lesson 15).
 
-    .venv/bin/python notebooks/studies/flow/compare_flow.py train       # two runs of the cpu recipe (~20 min)
+    .venv/bin/python notebooks/studies/flow/compare_flow.py train       # the four runs below (~70 min)
+    .venv/bin/python notebooks/studies/flow/compare_flow.py train --only reflow
     .venv/bin/python notebooks/studies/flow/compare_flow.py score       # the protocol at 1-20 network evaluations
 
-Two runs of the `cpu` profile on the shipped portraits, identical but for the objective: the same seed,
+Runs of the `cpu` profile on the shipped portraits, identical but for the objective: the same seed,
 data order, steps (1,800), batch (32), learning rate, EMA and precision (so the same compute):
-**v** (the course's recipe: DDPM's cosine schedule, v-prediction) and **flow** (the straight path
-x_t = (1 - t) x0 + t eps, velocity target, t ~ U(0, 1); flow.py). Each keeps its EMA weights and loss
-history in runs/flow/<name>/ (not committed).
+**v** (the course's recipe: DDPM's cosine schedule, v-prediction), **flow** (the straight path
+x_t = (1 - t) x0 + t eps, velocity target, t ~ U(0, 1); flow.py) and **flow-ln** (the same with SD3's
+logit-normal t). **reflow** is rectified flow's second round: 8,192 couples (z, x0) drawn from flow's EMA
+network (Heun, 19 evaluations), then 1,800 more steps from flow's weights on those couples (twice flow's
+training compute, plus the drawing). Each keeps its EMA weights and loss history in runs/flow/<name>/
+(not committed).
 
 The protocol (lesson 11): n = 512 samples from fresh seeds (4000, 4001, ... one per batch of 128), one
 ScoreReference per feature network for every contender (the same real subsets), detail KID +- its
 standard error, SWD, shapes KID; a difference counts only beyond 2 paired standard errors. Each method is
 sampled at 1, 2, 4, 8, 10 and 20 network evaluations with each of its samplers (v: DDIM eta = 0 and
-DPM-Solver++(2M), Karras spacing from sigma 80, lesson 08's fixes; flow: Euler, and Heun with the largest
-number of levels that fits, 2K - 1 <= the budget), and its best sampler at each budget (the lowest detail
-KID) is its row. Writes notebooks/studies/flow/results.json and a 16-sample grid per contender here.
+DPM-Solver++(2M), Karras spacing from sigma 80, lesson 08's fixes; flow: Euler, Heun with the largest
+number of levels that fits, 2K - 1 <= the budget, and DPM-Solver++(2M) on the straight path from 4 steps on),
+and its best sampler at each budget (the lowest detail KID) is its row. Writes notebooks/studies/flow/results.json and a 16-sample grid per contender here.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import numpy as np
 
 from ddpm_lessons import plotting
 from ddpm_lessons.data import default_dataset_path, make_dataset, read_image_folder
+from ddpm_lessons.flow import pair_dataset, reflow_pairs
 from ddpm_lessons.metrics import (PROTOCOL_SAMPLES, ScoreReference, detail_feature_fn, paired_difference,
                                   random_feature_fn)
 from ddpm_lessons.profiles import get_profile, network_evaluations
@@ -45,12 +50,16 @@ SEED = 4000                        # fresh sampling seeds (previews 0.., sampler
 BUDGETS = (1, 2, 4, 8, 10, 20)     # network evaluations
 
 
+NAMES = ("v", "flow", "flow-ln", "reflow")
+PAIRS, PAIR_SEED = 8192, 5000      # reflow's couples (z, x0): from seeds 5000.. (one per batch of 128)
+
+
 def profile_for(name):
     cpu = get_profile("cpu")
     if name == "v":
         return cpu
-    return cpu.replace(prediction="flow", time_sampling="uniform", sampler="euler", sample_steps=10,
-                       sample_spacing="uniform", sample_sigma_max=None)
+    return cpu.replace(prediction="flow", time_sampling="logit-normal" if name == "flow-ln" else "uniform",
+                       sampler="euler", sample_steps=10, sample_spacing="uniform", sample_sigma_max=None)
 
 
 def samplers_for(name, budget):
@@ -62,25 +71,55 @@ def samplers_for(name, budget):
     levels = (budget + 1) // 2
     if levels >= 2:
         out[f"heun-{levels}"] = dict(sampler="heun", steps=levels)
+    if budget >= 4:                    # up to 3 steps flow's DPM-Solver++(2M) is Euler (its first two steps have no history)
+        out[f"dpm++2m-{budget}"] = dict(sampler="dpm++2m", steps=budget)
     return out
 
 
+def reflow_data(schedule, batch_size):
+    """Reflow's couples from the first flow run's EMA network (Heun, 10 levels = 19 evaluations, its best
+    sampler at 20), cached in runs/flow/reflow/pairs.npz: (the dataset of pairs, seconds spent drawing them)."""
+    cache = RUNS / "reflow" / "pairs.npz"
+    seconds = 0.0
+    if not cache.exists():
+        first = build_unet(profile_for("flow"))
+        first.load_weights(RUNS / "flow" / "ema.weights.h5")
+        t0 = time.perf_counter()
+        noise, pictures = reflow_pairs(first, schedule, PAIRS, seed=PAIR_SEED, sampler="heun", steps=10)
+        seconds = time.perf_counter() - t0
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, noise=noise, images=pictures, seconds=seconds)
+        print(f"{PAIRS} pairs drawn in {seconds:.0f} s", flush=True)
+    with np.load(cache) as f:
+        noise, pictures, seconds = f["noise"], f["images"], float(f["seconds"])
+    return pair_dataset(noise, pictures, batch_size, seed=0), seconds
+
+
 def train(name, images):
+    """One contender's run: v, flow (t ~ U(0, 1)) and flow-ln (logit-normal t) from scratch on the portraits;
+    reflow starts from flow's EMA weights and trains the same number of steps on its pairs."""
     profile = profile_for(name)
     keras.utils.set_random_seed(0)
     schedule = NoiseSchedule.from_kind(profile.schedule, profile.timesteps)
     model = build_unet(profile)
     steps = profile.train_steps
     run_dir = RUNS / name
+    pair_seconds = None
+    if name == "reflow":
+        data, pair_seconds = reflow_data(schedule, profile.batch_size)
+        model.load_weights(RUNS / "flow" / "ema.weights.h5")      # before the Trainer: its EMA starts here too
+    else:
+        data = make_dataset(images, profile.batch_size, seed=0)
     trainer = Trainer(model, schedule, TrainConfig.from_profile(profile), checkpoint_dir=run_dir / "checkpoints")
     start = trainer.restore()
-    print(f"\n== {name}: prediction {profile.prediction}, {steps} steps from {start}", flush=True)
+    print(f"\n== {name}: prediction {profile.prediction}, time sampling {profile.time_sampling}, "
+          f"{steps} steps from {start}", flush=True)
     t0 = time.perf_counter()
-    trainer.fit(make_dataset(images, profile.batch_size, seed=0), steps, progress="lines", progress_seconds=60)
+    trainer.fit(data, steps, progress="lines", progress_seconds=60)
     trainer.ema_model.save_weights(run_dir / "ema.weights.h5")
     (run_dir / "train.json").write_text(json.dumps({
         "steps": steps, "seconds": round(time.perf_counter() - t0, 1), "prediction": profile.prediction,
-        "history": trainer.history}, indent=1))
+        "time_sampling": profile.time_sampling, "pair_seconds": pair_seconds, "history": trainer.history}, indent=1))
 
 
 def draw(model, schedule, profile, kw, cache):
@@ -94,13 +133,14 @@ def score(images, out):
     shapes = ScoreReference(images, feature_fn=random_feature_fn)
     results = {"num_samples": PROTOCOL_SAMPLES, "seed": SEED, "budgets": list(BUDGETS), "runs": {}}
     subsets = {}
-    for name in ("v", "flow"):
+    for name in NAMES:
         profile = profile_for(name)
         schedule = NoiseSchedule.from_kind(profile.schedule, profile.timesteps)
         model = build_unet(profile)
         model.load_weights(RUNS / name / "ema.weights.h5")
         info = json.loads((RUNS / name / "train.json").read_text())
-        row = {"prediction": profile.prediction, "train_seconds": info["seconds"], "steps": info["steps"],
+        row = {"prediction": profile.prediction, "time_sampling": profile.time_sampling,
+               "train_seconds": info["seconds"], "pair_seconds": info.get("pair_seconds"), "steps": info["steps"],
                "final_loss": float(np.mean(info["history"]["loss"][-20:])), "samplers": {}, "best": {}}
         for budget in BUDGETS:
             best = None
@@ -138,6 +178,19 @@ def score(images, out):
                                              "shapes_diff": d2["diff"], "shapes_se": d2["se"]}
         print(f"NFE {budget:2d}: flow ({fl}) - v ({vv}) detail KID x1e3 {1e3 * d['diff']:+.2f} +- {1e3 * d['se']:.2f}"
               f"  shapes {1e3 * d2['diff']:+.1f} +- {1e3 * d2['se']:.1f}", flush=True)
+    # logit-normal times and the reflow round against the first flow run (uniform t), best sampler each
+    results["vs_flow"] = {}
+    for name in ("flow-ln", "reflow"):
+        results["vs_flow"][name] = {}
+        for budget in BUDGETS:
+            a, b = results["runs"]["flow"]["best"][str(budget)], results["runs"][name]["best"][str(budget)]
+            d = paired_difference(subsets[("flow", a)][0], subsets[(name, b)][0])     # KID(name) - KID(flow)
+            d2 = paired_difference(subsets[("flow", a)][1], subsets[(name, b)][1])
+            results["vs_flow"][name][str(budget)] = {name: b, "flow": a, "diff": d["diff"], "se": d["se"],
+                                                     "wins": d["b_wins"], "loses": d["a_wins"],
+                                                     "shapes_diff": d2["diff"], "shapes_se": d2["se"]}
+            print(f"NFE {budget:2d}: {name} ({b}) - flow ({a}) detail KID x1e3 {1e3 * d['diff']:+.2f} +- "
+                  f"{1e3 * d['se']:.2f}  shapes {1e3 * d2['diff']:+.1f} +- {1e3 * d2['se']:.1f}", flush=True)
     # the fewest evaluations at which each method is not worse than the other's 10-evaluation score
     results["reaches_other_at_10"] = {}
     for a, b in (("flow", "v"), ("v", "flow")):
@@ -164,7 +217,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     images, _ = read_image_folder(default_dataset_path(), get_profile("cpu").image_size)
     if args.what == "train":
-        for name in args.only or ("v", "flow"):
+        for name in args.only or NAMES:
             train(name, images)
     else:
         score(images, HERE)

@@ -13,7 +13,7 @@
 #                        fine-tune of the general prior, else 0; lesson 10: the network is told
 #                        each transform, and samples without any),
 #                        OBJECTIVE=flow trains with flow matching instead of the profile's v-prediction
-#                        (lesson 15; from scratch, sampled with Euler),
+#                        (lesson 15; from scratch, logit-normal times, sampled with DPM-Solver++(2M)-10),
 #                        PRECISION=float32 turns bfloat16 training off (default auto: bfloat16
 #                        where the CPU has AVX512_BF16 or AMX),
 #                        COMPILE=function|xla forces how the training step is compiled (default auto:

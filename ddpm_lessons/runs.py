@@ -256,7 +256,7 @@ def prepare_run(root="runs", data=None, profile: Profile | None = None, image_si
     ``augment``: the non-leaking augmentation's probability p (lesson 10; None keeps the profile's);
     p > 0 gives the U-Net the augmentation-label input.
     ``objective``: "" (the profile's target), "eps", "v" or "flow" (flow matching, lesson 15: trained
-    from scratch, sampled with ``profiles.FLOW_SAMPLING``).
+    from scratch with ``profiles.FLOW_TIME_SAMPLING``, sampled with ``profiles.FLOW_SAMPLING``).
     """
     from .data import default_dataset_path
     profile = with_objective(profile or get_profile(), objective)     # Profile validates the result

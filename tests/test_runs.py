@@ -286,13 +286,14 @@ def test_objective_flow_starts_its_own_run_from_scratch_and_refuses_the_shipped_
     """OBJECTIVE=flow (lesson 15): a new run with prediction "flow" and the flow sampler, trained from
     scratch even where your own folder would fine-tune the general prior (a v network); it never continues
     an unfinished v run on the same folder, and INIT=general with it is refused before any run folder."""
-    from ddpm_lessons.profiles import FLOW_SAMPLING
+    from ddpm_lessons.profiles import FLOW_SAMPLING, FLOW_TIME_SAMPLING
     folder = make_folder(tmp_path / "pics")
     v_run, _ = runs.prepare_run(tmp_path / "runs", folder, get_profile("cpu"))       # the cpu profile's v
     assert runs.read_settings(v_run)["profile"].prediction == "v"
     flow_run, plan = runs.prepare_run(tmp_path / "runs", folder, get_profile("cpu"), init_from="auto", objective="flow")
     s = runs.read_settings(flow_run)["profile"]
     assert flow_run != v_run and s.prediction == "flow" and s.sampler == FLOW_SAMPLING["sampler"]
+    assert s.time_sampling == FLOW_TIME_SAMPLING == "logit-normal"
     assert plan["chosen"]["init"] == "scratch" and "flow matching" in plan["chosen"]["reason"]
     again, _ = runs.prepare_run(tmp_path / "runs", folder, get_profile("cpu"), objective="flow")
     assert again == flow_run, "an unfinished flow run on the same folder is continued"

@@ -410,25 +410,31 @@ reach = study["reaches_other_at_10"]
 print(f"first budget at which flow is not worse than v's 10-evaluation detail score: {reach['flow']}; "
       f"v against flow's: {reach['v']}")
 
-print(f"\nthe flow variants against flow (t ~ U(0, 1)); paired differences in detail KID x1e3, negative = better")
-print(f"{'evals':>5s}  {'flow-ln: sampler':11s} {'detail KID':>9s} {'SWD':>6s} {'shapes':>6s}  {'- flow':>15s}   "
-      f"{'reflow: sampler':11s} {'detail KID':>9s} {'SWD':>6s} {'shapes':>6s}  {'- flow':>15s}")
-for b in study["budgets"]:
-    parts = []
-    for name in ("flow-ln", "reflow"):
-        d = study["vs_flow"][name][str(b)]
-        mark = " better" if d["wins"] else " worse " if d["loses"] else "       "
-        parts.append(f"{cell(name, b)}  {1e3 * d['diff']:+6.2f} +- {1e3 * d['se']:4.2f}{mark}")
-    print(f"{b:5d}  {parts[0]}   {parts[1]}")
+
+def paired(d, key=""):
+    mark = "*" if d[f"{key}wins"] or d[f"{key}loses"] else " "
+    return f"{1e3 * d[f'{key}diff']:+7.2f} +- {1e3 * d[f'{key}se']:4.2f}{mark}"
+
+
+for name in ("flow-ln", "reflow"):
+    print(f"\n{name}: paired differences x1e3, negative = {name} better, * = beyond 2 paired standard errors")
+    print(f"{'evals':>5s}  {'sampler':11s} {'detail KID':>14s} {'SWD':>6s} {'shapes':>6s}   {'detail - flow':>16s}  "
+          f"{'detail - v':>16s}  {'shapes - v':>16s}")
+    for b in study["budgets"]:
+        vf, vv = study["vs_flow"][name][str(b)], study["vs_v"][name][str(b)]
+        print(f"{b:5d}  {cell(name, b)}   {paired(vf)}  {paired(vv)}  {paired(vv, 'shapes_')}")
+    print(f"first budget at which {name} is not worse than v's 10-evaluation detail score: {reach[name]}")
 minutes = {name: runs[name]["train_seconds"] / 60 for name in runs}
 print(f"\ntraining (1,800 steps each, the same machine): " + ", ".join(f"{n} {m:.1f} min" for n, m in minutes.items())
       + f"; reflow's couples took {runs['reflow']['pair_seconds'] / 60:.1f} min to draw")
-fig, axes = plt.subplots(1, 3, figsize=(15, 2.6))
+names = ("v", "flow", "flow-ln", "reflow")
+fig, axes = plt.subplots(3, 1, figsize=(14, 6.6))
 for ax, b in zip(axes, (1, 2, 10)):
-    grid = np.concatenate([plt.imread(f"studies/flow/{name}_{runs[name]['best'][str(b)]}.png")[:, :, :3]
-                           for name in ("v", "flow", "reflow")], 1)
+    grid = np.concatenate([np.pad(plt.imread(f"studies/flow/{name}_{runs[name]['best'][str(b)]}.png")[:, :, :3],
+                                  ((0, 0), (0, 6), (0, 0)), constant_values=1.0) for name in names], 1)
     ax.imshow(grid); ax.axis("off")
-    ax.set_title(f"{b} evaluation{'s' * (b > 1)}: v, flow, reflow (left to right; 16 each, the same seeds)", fontsize=9)
+    ax.set_title(f"{b} evaluation{'s' * (b > 1)}: " + ", ".join(f"{n} ({runs[n]['best'][str(b)]})" for n in names)
+                 + " (left to right; 16 each, the same seeds)", fontsize=9)
 plt.tight_layout(); plt.show()
 fig, ax = plt.subplots(figsize=(6, 3))
 for name in runs:
@@ -439,27 +445,33 @@ plt.show()
 """)
 
 md(r"""
-**What the table says** (512 samples per row; measured on a 2-core AMD EPYC with bfloat16 training):
+**What the tables say** (512 samples per row, paired differences ×10³; measured on a 2-core AMD EPYC with
+bfloat16 training):
 
-* **At 1-2 network evaluations flow matching is far ahead**: detail KID 40.7 and 14.0 against v's 60.5 and
-  70.6 (paired −19.9 ± 0.2 and −56.6 ± 0.7). One evaluation gives both methods an average face; at two, flow
-  gives blurred portraits and v does not yet. This is what the straight path buys: a step along a straight
-  line lands near where the line goes. At 10 evaluations both give sharp portraits, and from the same
-  starting noise mostly *the same* portrait (the grids above: same seeds): the two networks' ODEs carry
-  a noise picture to nearly the same place, as section 2's identity suggests they can.
-* **From 4 evaluations on, v with DPM-Solver++(2M) is ahead or level**: in detail +2.2 ± 0.5 at 4 (v better),
-  +0.37 ± 0.27 at 8 and +0.37 ± 0.19 at 10 (within 2 paired standard errors: level), +0.28 ± 0.08 at 20 (v
-  better); in the shapes KID v is better at 4 and 8, level at 10, and flow better at 20 (−2.9 ± 0.6).
-* **Flow's best sampler is Heun** from 3 evaluations on: Heun with 5 steps (9 evaluations) scores 0.48 in
-  detail, Euler needs 20 evaluations for 0.64. Each method reaches the other's 10-evaluation detail score
-  at about 10 evaluations (flow at 10, v at 8).
-* **So the course keeps v** as its recipe: at the 10 evaluations it samples with, flow matching is level, not
-  better, and below that v's second-order multistep solver wins. Not tried here: a multistep solver for the
-  flow (DPM-Solver++'s form applies to any $a_t, s_t$), SD3's logit-normal times, and a "reflow" second round
-  (retraining on the model's own noise-picture pairs to straighten the paths), which is where flow
-  matching's 1-2-evaluation lead would be pushed further. The two losses are in different units (section 2)
-  and are not compared; the v run shared the machine with other work for part of its 19 minutes, the flow
-  run (16 minutes) did not.
+* **v against flow with uniform times** (the first table): flow is far ahead at 1-2 evaluations (−19.9 ± 0.2
+  and −56.6 ± 0.7 in detail), v is ahead at 4 (+1.6 ± 0.5) and 20 (+0.28 ± 0.08), and the two are level at 8
+  and 10. One evaluation gives both an average face; at two, flow gives blurred portraits and v does not yet.
+* **Logit-normal times are better than uniform ones at every budget in detail** (−34.4 ± 0.7 at one
+  evaluation, −0.46 ± 0.15 at ten) for the same steps: training spends its steps in the middle of the path,
+  where the pictures' detail is decided. Against v, flow-ln is better in detail at 1-8 evaluations (−1.04 ±
+  0.30 at 4, −0.28 ± 0.11 at 8) and level at 10 and 20 — but **worse in the shapes KID at 4, 8 and 10**
+  (+11.5 ± 0.9, +5.0 ± 0.8, +1.9 ± 0.5): fewer steps near pure noise, where the layout is decided. By eye,
+  at 10 evaluations the two grids are equally sharp portraits. Flow-ln's best sampler from 4 evaluations on
+  is DPM-Solver++(2M) on the straight path.
+* **Reflow buys the one-step sampler**: one evaluation gives recognisable portraits (the grid above; detail
+  3.1 against flow's 40.7 and v's 60.5, shapes 12.4 against 93.5 and 101), two give 1.4. From 8 evaluations
+  on it is no better than the flow it came from (+0.02 ± 0.07 at 10) and behind v (+0.38 ± 0.16 at 10): the
+  second round learns the first model's pictures, 8,192 of them, and cannot pass it; it never reaches v's
+  10-evaluation detail score. And it is not free: drawing the couples took 17 minutes and the second round
+  31 (both shared the machine with other work), so reflow cost about three times flow's training.
+* **So the course keeps v** as its recipe: at the 10 evaluations it samples with, no flow run is better in
+  both scores (flow-ln is level in detail and worse in layout). `make train OBJECTIVE=flow` now trains the
+  best flow run here (logit-normal times, sampled with DPM-Solver++(2M)-10). If you need one or two
+  evaluations, flow matching with a reflow round is the method to use; this table is why.
+
+The losses are in different units (section 2; reflow's is small because its couples leave little to
+average, as in section 6) and are not compared across methods. Training times: v 19, flow 16, flow-ln 18
+minutes (about four of flow-ln's shared the machine with tests), reflow 31 plus 17 of drawing.
 """)
 
 md(r"""
@@ -472,7 +484,9 @@ md(r"""
   visits and how it weighs them, the time the network is given (continuous), and the samplers' grid (even
   in $t$, no $\sigma_{max}$ to choose: the path ends exactly at the noise).
 * **Checked here:** the path's ends and derivative, the $u \leftrightarrow v$ identity and the weight, Euler = DDIM,
-  the exact velocity of a mixture against Monte Carlo and a trained MLP against it, the solvers' orders.
+  the exact velocity of a mixture against Monte Carlo and a trained MLP against it, the solvers' orders, and
+  that reflow's couples straighten the paths (one Euler step lands where the ODE goes; without the coupling it
+  does not).
 """)
 
 code(r"""

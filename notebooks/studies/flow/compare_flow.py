@@ -178,6 +178,20 @@ def score(images, out):
                                              "shapes_diff": d2["diff"], "shapes_se": d2["se"]}
         print(f"NFE {budget:2d}: flow ({fl}) - v ({vv}) detail KID x1e3 {1e3 * d['diff']:+.2f} +- {1e3 * d['se']:.2f}"
               f"  shapes {1e3 * d2['diff']:+.1f} +- {1e3 * d2['se']:.1f}", flush=True)
+    # every flow run's best against v's best (the same pairing as flow_vs_v above)
+    results["vs_v"] = {}
+    for name in NAMES[1:]:
+        results["vs_v"][name] = {}
+        for budget in BUDGETS:
+            fl, vv = results["runs"][name]["best"][str(budget)], results["runs"]["v"]["best"][str(budget)]
+            d = paired_difference(subsets[("v", vv)][0], subsets[(name, fl)][0])
+            d2 = paired_difference(subsets[("v", vv)][1], subsets[(name, fl)][1])
+            results["vs_v"][name][str(budget)] = {name: fl, "v": vv, "diff": d["diff"], "se": d["se"],
+                                                  "wins": d["b_wins"], "loses": d["a_wins"], "shapes_diff": d2["diff"],
+                                                  "shapes_se": d2["se"], "shapes_wins": d2["b_wins"],
+                                                  "shapes_loses": d2["a_wins"]}
+            print(f"NFE {budget:2d}: {name} ({fl}) - v ({vv}) detail KID x1e3 {1e3 * d['diff']:+.2f} +- {1e3 * d['se']:.2f}"
+                  f"  shapes {1e3 * d2['diff']:+.1f} +- {1e3 * d2['se']:.1f}", flush=True)
     # logit-normal times and the reflow round against the first flow run (uniform t), best sampler each
     results["vs_flow"] = {}
     for name in ("flow-ln", "reflow"):
@@ -188,12 +202,13 @@ def score(images, out):
             d2 = paired_difference(subsets[("flow", a)][1], subsets[(name, b)][1])
             results["vs_flow"][name][str(budget)] = {name: b, "flow": a, "diff": d["diff"], "se": d["se"],
                                                      "wins": d["b_wins"], "loses": d["a_wins"],
-                                                     "shapes_diff": d2["diff"], "shapes_se": d2["se"]}
+                                                     "shapes_diff": d2["diff"], "shapes_se": d2["se"],
+                                                     "shapes_wins": d2["b_wins"], "shapes_loses": d2["a_wins"]}
             print(f"NFE {budget:2d}: {name} ({b}) - flow ({a}) detail KID x1e3 {1e3 * d['diff']:+.2f} +- "
                   f"{1e3 * d['se']:.2f}  shapes {1e3 * d2['diff']:+.1f} +- {1e3 * d2['se']:.1f}", flush=True)
     # the fewest evaluations at which each method is not worse than the other's 10-evaluation score
     results["reaches_other_at_10"] = {}
-    for a, b in (("flow", "v"), ("v", "flow")):
+    for a, b in (("flow", "v"), ("v", "flow"), ("flow-ln", "v"), ("v", "flow-ln"), ("reflow", "v"), ("v", "reflow")):
         target = subsets[(b, results["runs"][b]["best"]["10"])][0]
         first = None
         for budget in BUDGETS:
@@ -201,7 +216,8 @@ def score(images, out):
             if not d["a_wins"]:                      # not worse than the target beyond 2 paired SEs
                 first = budget
                 break
-        results["reaches_other_at_10"][a] = first
+        key = a if b == "v" else "v" if b == "flow" else f"v vs {b}"       # "flow", "v" (against flow), ...
+        results["reaches_other_at_10"][key] = first
         print(f"{a} first reaches {b}'s 10-evaluation detail score at {first} evaluations", flush=True)
     m = min(PROTOCOL_SAMPLES, len(detail.a))
     f = detail.score(detail.a[:m])

@@ -128,6 +128,22 @@ def draw(model, schedule, profile, kw, cache):
                            prediction=profile.prediction, **kw)
 
 
+def paired_rows(results, subsets, base, name):
+    """{budget: ``name``'s best sampler against ``base``'s best, paired on the same real subsets}: the labels,
+    KID(name) - KID(base) +- SE in detail and shapes, and whether name wins or loses beyond 2 paired SEs."""
+    rows = {}
+    for budget in BUDGETS:
+        a, b = results["runs"][base]["best"][str(budget)], results["runs"][name]["best"][str(budget)]
+        d = paired_difference(subsets[(base, a)][0], subsets[(name, b)][0])
+        d2 = paired_difference(subsets[(base, a)][1], subsets[(name, b)][1])
+        rows[str(budget)] = {name: b, base: a, "diff": d["diff"], "se": d["se"], "wins": d["b_wins"],
+                             "loses": d["a_wins"], "shapes_diff": d2["diff"], "shapes_se": d2["se"],
+                             "shapes_wins": d2["b_wins"], "shapes_loses": d2["a_wins"]}
+        print(f"NFE {budget:2d}: {name} ({b}) - {base} ({a}) detail KID x1e3 {1e3 * d['diff']:+.2f} +- "
+              f"{1e3 * d['se']:.2f}  shapes {1e3 * d2['diff']:+.1f} +- {1e3 * d2['se']:.1f}", flush=True)
+    return rows
+
+
 def score(images, out):
     detail = ScoreReference(images, feature_fn=detail_feature_fn)
     shapes = ScoreReference(images, feature_fn=random_feature_fn)
@@ -167,45 +183,12 @@ def score(images, out):
             smooth.append(round(acc, 5))
         results.setdefault("loss_curves", {})[name] = {"step": h["step"], "loss": smooth}
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    # flow's best against v's best at every budget, paired on the same real subsets
-    results["flow_vs_v"] = {}
-    for budget in BUDGETS:
-        fl, vv = results["runs"]["flow"]["best"][str(budget)], results["runs"]["v"]["best"][str(budget)]
-        d = paired_difference(subsets[("v", vv)][0], subsets[("flow", fl)][0])      # KID(flow) - KID(v)
-        d2 = paired_difference(subsets[("v", vv)][1], subsets[("flow", fl)][1])
-        results["flow_vs_v"][str(budget)] = {"flow": fl, "v": vv, "diff": d["diff"], "se": d["se"],
-                                             "flow_wins": d["b_wins"], "v_wins": d["a_wins"],
-                                             "shapes_diff": d2["diff"], "shapes_se": d2["se"]}
-        print(f"NFE {budget:2d}: flow ({fl}) - v ({vv}) detail KID x1e3 {1e3 * d['diff']:+.2f} +- {1e3 * d['se']:.2f}"
-              f"  shapes {1e3 * d2['diff']:+.1f} +- {1e3 * d2['se']:.1f}", flush=True)
-    # every flow run's best against v's best (the same pairing as flow_vs_v above)
-    results["vs_v"] = {}
-    for name in NAMES[1:]:
-        results["vs_v"][name] = {}
-        for budget in BUDGETS:
-            fl, vv = results["runs"][name]["best"][str(budget)], results["runs"]["v"]["best"][str(budget)]
-            d = paired_difference(subsets[("v", vv)][0], subsets[(name, fl)][0])
-            d2 = paired_difference(subsets[("v", vv)][1], subsets[(name, fl)][1])
-            results["vs_v"][name][str(budget)] = {name: fl, "v": vv, "diff": d["diff"], "se": d["se"],
-                                                  "wins": d["b_wins"], "loses": d["a_wins"], "shapes_diff": d2["diff"],
-                                                  "shapes_se": d2["se"], "shapes_wins": d2["b_wins"],
-                                                  "shapes_loses": d2["a_wins"]}
-            print(f"NFE {budget:2d}: {name} ({fl}) - v ({vv}) detail KID x1e3 {1e3 * d['diff']:+.2f} +- {1e3 * d['se']:.2f}"
-                  f"  shapes {1e3 * d2['diff']:+.1f} +- {1e3 * d2['se']:.1f}", flush=True)
-    # logit-normal times and the reflow round against the first flow run (uniform t), best sampler each
-    results["vs_flow"] = {}
-    for name in ("flow-ln", "reflow"):
-        results["vs_flow"][name] = {}
-        for budget in BUDGETS:
-            a, b = results["runs"]["flow"]["best"][str(budget)], results["runs"][name]["best"][str(budget)]
-            d = paired_difference(subsets[("flow", a)][0], subsets[(name, b)][0])     # KID(name) - KID(flow)
-            d2 = paired_difference(subsets[("flow", a)][1], subsets[(name, b)][1])
-            results["vs_flow"][name][str(budget)] = {name: b, "flow": a, "diff": d["diff"], "se": d["se"],
-                                                     "wins": d["b_wins"], "loses": d["a_wins"],
-                                                     "shapes_diff": d2["diff"], "shapes_se": d2["se"],
-                                                     "shapes_wins": d2["b_wins"], "shapes_loses": d2["a_wins"]}
-            print(f"NFE {budget:2d}: {name} ({b}) - flow ({a}) detail KID x1e3 {1e3 * d['diff']:+.2f} +- "
-                  f"{1e3 * d['se']:.2f}  shapes {1e3 * d2['diff']:+.1f} +- {1e3 * d2['se']:.1f}", flush=True)
+    # every flow run's best against v's best, and the variants' against flow's (uniform t), per budget
+    results["vs_v"] = {name: paired_rows(results, subsets, "v", name) for name in NAMES[1:]}
+    results["vs_flow"] = {name: paired_rows(results, subsets, "flow", name) for name in ("flow-ln", "reflow")}
+    results["flow_vs_v"] = {budget: {"flow": r["flow"], "v": r["v"], "diff": r["diff"], "se": r["se"],   # lesson 15's
+                                     "flow_wins": r["wins"], "v_wins": r["loses"], "shapes_diff": r["shapes_diff"],
+                                     "shapes_se": r["shapes_se"]} for budget, r in results["vs_v"]["flow"].items()}
     # the fewest evaluations at which each method is not worse than the other's 10-evaluation score
     results["reaches_other_at_10"] = {}
     for a, b in (("flow", "v"), ("v", "flow"), ("flow-ln", "v"), ("v", "flow-ln"), ("reflow", "v"), ("v", "reflow")):

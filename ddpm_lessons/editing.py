@@ -168,18 +168,22 @@ def inpaint(eps_fn, images, mask, schedule: NoiseSchedule, steps: int = 50, eta:
     x_T = ``initial_noise(seed)`` (so with nothing known it is ``ddim_sample``'s picture of the seed), the known
     pixels put back after every step (``inpaint_loop_step``). ``resample`` > 1 is RePaint's resampling:
     every ``jump`` steps go back up and down again, ``resample`` times (about resample x the network
-    evaluations). ``mask``: (H, W, 1) or (B, H, W, 1), 1 = keep. The known pixels come back exactly."""
+    evaluations). ``mask``: (H, W, 1), (B, H, W, 1) or any shape that broadcasts against ``images``, 1 = keep. The known pixels come back exactly."""
     check_discrete(eps_fn)
     x0 = np.asarray(images, np.float32)
     mask = np.asarray(mask, np.float32)
-    if mask.shape[-3:-1] != x0.shape[1:3]:
-        raise ValueError(f"the mask is {mask.shape[-3]}x{mask.shape[-2]}, the pictures "
-                         f"{x0.shape[1]}x{x0.shape[2]}: make a mask of the pictures' size")
+    try:
+        fits = np.broadcast_shapes(mask.shape, x0.shape) == x0.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"the mask's shape {mask.shape} does not fit the pictures' {x0.shape}: make a mask of "
+                         f"the pictures' size, (H, W, 1) = ({x0.shape[1]}, {x0.shape[2] if x0.ndim > 2 else 1}, 1)")
     grid = timestep_grid(schedule, steps)
     walk, keys = repaint_grid(grid, jump, resample)
     known, held_mask = _inpaint_inputs(eps_fn)
     known.assign(x0)
-    held_mask.assign(mask if mask.ndim == x0.ndim else mask[None])
+    held_mask.assign(mask)
     run = make_loop(eps_fn, schedule, inpaint_loop_step(ddim_loop_step(float(eta)), known, held_mask),
                     ("inpaint", float(eta)), clip_x0=clip_x0, rank=x0.ndim)
     a = float(schedule.alphas_cumprod[walk[0]])

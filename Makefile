@@ -26,6 +26,19 @@
 #                        PROGRESS=lines|bar: training progress as a line every 10 s or one line that
 #                        updates (default: bar in a terminal, lines into a file or a pipe)
 #   make generate RUN=runs/<run> N=100   N new PNG files from a run's EMA weights (SEED=0)
+#                        CLASS=name of a conditional run (CONDITIONAL=1): pictures of that class; a name
+#                        of any kind, several of different kinds comma-separated (CLASS=person-role,dark),
+#                        or a number (a class of the first kind); GUIDANCE=w the guidance scale (default 2:
+#                        lesson 13's measured choice, 82-87% of the samples show the class asked for)
+#   make edit RUN=runs/<run> IMAGE=picture.png   SDEdit (lesson 16): N=4 variants of the picture in
+#                        <run>/edits/, from seeds SEED=0 .. SEED+N-1, beside the picture as the network
+#                        sees it; STRENGTH=0.5 how far they may go (0: the picture, 1: a new sample),
+#                        ETA=0 DDIM's eta (1: fresh noise at every step)
+#   make inpaint RUN=runs/<run> IMAGE=picture.png MASK=centre-square   fill a hole (lesson 16): N=4
+#                        pictures in <run>/inpainted/ (SEED=0), beside the picture with its hole grey;
+#                        MASK=left-half|centre-square|strokes or a PNG of the picture's size (white =
+#                        keep, black = fill), RESAMPLE=5 RePaint's passes (about 80 network evaluations;
+#                        RESAMPLE=1: plain replacement on 50 steps)
 #   make test            set up .venv if needed, run the unit tests and every notebook (tiny profile)
 #   make lab             set up .venv if needed, open JupyterLab at the course
 #   make test-gpu        the unit tests and every notebook at full size (DDPM_PROFILE=gpu), on a machine
@@ -61,8 +74,17 @@ RUN ?=
 MAX_STEPS ?= 500
 N ?= 100
 SEED ?= 0
+CLASS ?=
+GUIDANCE ?=
+IMAGE ?=
+STRENGTH ?=
+MASK ?=
+RESAMPLE ?=
+ETA ?=
+# N= for edit and inpaint only when it was given (their default is 4, not generate's 100)
+EDIT_N = $(if $(filter file,$(origin N)),,-n $(N))
 
-.PHONY: setup train generate test test-unit test-gpu speed-check lab notebooks clean
+.PHONY: setup train generate edit inpaint test test-unit test-gpu speed-check lab notebooks clean
 
 setup: $(STAMP)
 
@@ -91,7 +113,20 @@ train: $(STAMP)
 
 generate: $(STAMP)
 	@test -n "$(RUN)" || { echo "error: name a run folder: make generate RUN=runs/<run> N=100" >&2; exit 2; }
-	@$(BIN)/python -m ddpm_lessons.runs generate "$(RUN)" -n $(N) --seed $(SEED)
+	@$(BIN)/python -m ddpm_lessons.runs generate "$(RUN)" -n $(N) --seed $(SEED)$(if $(CLASS), --class "$(CLASS)")$(if $(GUIDANCE), --guidance "$(GUIDANCE)")
+
+edit: $(STAMP)
+	@test -n "$(RUN)" || { echo "error: name a run folder: make edit RUN=runs/<run> IMAGE=picture.png STRENGTH=0.5" >&2; exit 2; }
+	@test -n "$(IMAGE)" || { echo "error: name a picture: make edit RUN=$(RUN) IMAGE=picture.png STRENGTH=0.5" >&2; exit 2; }
+	@$(BIN)/python -m ddpm_lessons.runs edit "$(RUN)" --image "$(IMAGE)" --strength "$(STRENGTH)" --seed $(SEED) \
+	  --eta "$(ETA)" $(EDIT_N)
+
+inpaint: $(STAMP)
+	@test -n "$(RUN)" || { echo "error: name a run folder: make inpaint RUN=runs/<run> IMAGE=picture.png MASK=centre-square" >&2; exit 2; }
+	@test -n "$(IMAGE)" || { echo "error: name a picture: make inpaint RUN=$(RUN) IMAGE=picture.png MASK=centre-square" >&2; exit 2; }
+	@test -n "$(MASK)" || { echo "error: name a mask: MASK=left-half|centre-square|strokes or a PNG of the picture's size (white = keep, black = fill)" >&2; exit 2; }
+	@$(BIN)/python -m ddpm_lessons.runs inpaint "$(RUN)" --image "$(IMAGE)" --mask "$(MASK)" --seed $(SEED) \
+	  --resample "$(RESAMPLE)" --eta "$(ETA)" $(EDIT_N)
 
 # One pytest call runs the unit tests and every notebook (nbval costs ~4 s per call), on two workers that
 # each take whole files (conftest.py: one worker left a core idle). DDPM_COMPILE=function:

@@ -10,19 +10,24 @@ run: ``settings.json`` (the profile's knobs, the data folder and a fingerprint o
                          or start a new one; a folder whose files changed is said plainly
     default_train_steps  how many steps for a folder of N images (a cap on passes over the data)
     estimate_seconds     the run's time from a few measured steps and sampler evaluations
-    generate_pngs        N new PNG files from a run's EMA weights, finished or not
+    generate_pngs        N new PNG files from a run's EMA weights, finished or not; of a class (CLASS=,
+                         ``class_row``) with guidance for a conditional run
+    edit_pngs            lesson 16's SDEdit of one picture (read as a training picture), N seeds
+    inpaint_pngs         lesson 16's inpainting (RePaint) of one picture's hole: a preset or a PNG mask
     execute_notebook     lesson 09 headless on a prepared run folder: what it prints, as it prints it
 
-The command line is what ``make train`` and ``make generate`` call::
+The command line is what ``make train``, ``make generate``, ``make edit`` and ``make inpaint`` call::
 
     python -m ddpm_lessons.runs prepare [--data DIR] [--size S] [--steps N] [--precision P] [--conditional]
                                         [--fresh] [--continue]
     python -m ddpm_lessons.runs execute RUN [--progress bar|lines]
-    python -m ddpm_lessons.runs generate RUN [-n 100] [--seed 0] [--out DIR]
+    python -m ddpm_lessons.runs generate RUN [-n 100] [--seed 0] [--out DIR] [--class NAME[,NAME]] [--guidance 2]
+    python -m ddpm_lessons.runs edit RUN --image PICTURE [--strength 0.5] [-n 4] [--seed 0] [--eta 0]
+    python -m ddpm_lessons.runs inpaint RUN --image PICTURE --mask PRESET|PNG [-n 4] [--seed 0] [--resample 5]
 
 A user mistake (a missing or empty folder, no usable picture, a changed folder) ends the command
 with a message that names the path and what to do, and exit status 2: never a traceback.
-This module imports neither matplotlib nor ipywidgets. It is the command-line layer (about 660 lines):
+This module imports neither matplotlib nor ipywidgets. It is the command-line layer (about 1,020 lines):
 each part is a step in one run folder's life, and they share its settings and its checks.
 """
 from __future__ import annotations
@@ -454,19 +459,300 @@ def save_pngs(images, folder, prefix: str = "sample", grayscale: bool = False) -
     return paths
 
 
-def generate_pngs(run, num_images: int = 100, seed: int = 0, out=None, progress: bool = True) -> list:
+def generate_pngs(run, num_images: int = 100, seed: int = 0, out=None, progress: bool = True,
+                  classes: str = "", guidance: float | None = None) -> list:
     """``num_images`` new pictures from a run's EMA weights as PNG files in ``out``
-    (default ``<run>/generated/``), named ``seed<seed>_step<step>_NNNN.png``; returns the paths."""
+    (default ``<run>/generated/``), named ``seed<seed>_step<step>_NNNN.png``; returns the paths.
+    ``classes`` (CLASS=, a conditional run): the pictures are asked for those classes (``class_row``)
+    with guidance w = ``guidance`` (default ``DEFAULT_GUIDANCE``), and the names say both, e.g.
+    ``seed0_step1800_person-role_w2_0000.png``."""
     from .sampling import generate
+    ask, tail = {}, ""
+    if classes:
+        guidance = DEFAULT_GUIDANCE if guidance is None else float(guidance)
+        row, names = class_row(classes, run_settings(run))
+        ask = {"labels": np.tile(row, (num_images, 1)), "guidance": guidance}
+        tail = f"_{'+'.join(_slug(name) for name in names)}_w{guidance:g}"
     ema, schedule, saved, ckpt = load_ema_model(run)
     s = saved["profile"]
     step = int(ckpt.rsplit("-", 1)[-1])
     if progress:
-        print(f"drawing {num_images} images from {Path(run).name} ({ckpt}, {describe_sampler(s)}) ...",
+        what = f" of {' + '.join(names)} at w = {guidance:g}" if classes else ""
+        print(f"drawing {num_images} images{what} from {Path(run).name} ({ckpt}, {describe_sampler(s)}) ...",
               flush=True)
-    images = generate(ema, schedule, num_images, seed=seed, **sampler_options(s))
+    images = generate(ema, schedule, num_images, seed=seed, **sampler_options(s), **ask)
     out = Path(out) if out else Path(run) / "generated"
-    return save_pngs(images, out, prefix=f"seed{seed}_step{step}", grayscale=saved.get("grayscale", False))
+    return save_pngs(images, out, prefix=f"seed{seed}_step{step}{tail}", grayscale=saved.get("grayscale", False))
+
+
+# ----------------------------------------------------------------------------- lesson 16: use your model
+
+# GUIDANCE= left out: lesson 13's measured choice (notebooks/studies/guidance/results.json). At w = 2 the
+# classifier finds the class asked for in 82.5% (subcategory) and 87% (skin tone) of the samples, both
+# above the course's goal of 80% (w = 1: 61% and 62%), with the best detail KID of the w measured (0 to 4).
+DEFAULT_GUIDANCE = 2.0
+EDIT_STRENGTH = 0.5      # STRENGTH= left out: half-way between the picture (0) and a new sample (1)
+EDIT_STEPS = 50          # SDEdit's DDIM grid at strength 1 (``editing.sdedit``'s default): 0.5 walks 25 of its steps
+EDITS_PER_PICTURE = 4    # N= left out for edit and inpaint
+INPAINT_RESAMPLE = 5     # RePaint (Lugmayr et al. 2022): every 5 steps walked 5 times, on 20 steps = 80
+INPAINT_JUMP = 5         # network evaluations; RESAMPLE=1 is the plain replacement on 50 steps (lesson 16)
+INPAINT_STEPS = 20
+PLAIN_INPAINT_STEPS = 50
+HOLE_GREY = 128          # how the hole is shown in <stem>_<mask>_masked.png
+
+
+def run_settings(run) -> dict:
+    """``read_settings(run)``, or ``UserError`` for a folder that is not a run folder."""
+    run = Path(run)
+    if not (run / "settings.json").exists():
+        raise UserError(f"{run} is not a run folder (it has no settings.json); give a folder under runs/")
+    return read_settings(run)
+
+
+def describe_classes(kinds) -> str:
+    """'subcategory: face, person; skin tone: light, dark' for a run's [(kind, class names)]."""
+    return "; ".join(f"{kind}: {', '.join(names)}" for kind, names in kinds)
+
+
+def find_class(word: str, kinds) -> tuple[int, int]:
+    """(kind, class) of one CLASS= word: a class name of any kind, matched exactly, then ignoring case
+    (the first kind that has it), else a whole number: that class of the first kind."""
+    for same in (lambda name: name == word, lambda name: name.lower() == word.lower()):
+        for k, (_, names) in enumerate(kinds):
+            for c, name in enumerate(names):
+                if same(name):
+                    return k, c
+    if re.fullmatch(r"[+-]?\d+", word):
+        kind, names = kinds[0]
+        if 0 <= int(word) < len(names):
+            return 0, int(word)
+        raise UserError(f"CLASS={word}: a number picks a class of the first kind ({kind}), 0 to {len(names) - 1}; "
+                        f"this run's classes are {describe_classes(kinds)}")
+    raise UserError(f"CLASS={word!r} is not a class of this run; its classes are {describe_classes(kinds)}: "
+                    "give one of these names (several of different kinds comma-separated, e.g. CLASS=a,b) "
+                    "or the number of a class of the first kind")
+
+
+def class_row(text: str, saved: dict) -> tuple[np.ndarray, list]:
+    """The label row (K,) int32 for CLASS=``text`` (names or a number, comma-separated, at most one per kind)
+    and the names of the classes asked for, in the order of the kinds. A kind not asked for gets its
+    "no label" token (``blocks.null_labels``). ``saved``: the run's settings (its "labels")."""
+    from .blocks import null_labels
+    kinds = [(k["kind"], list(k["classes"])) for k in saved.get("labels", [])]
+    if not kinds or saved["profile"].num_classes is None:
+        raise UserError(f"CLASS={text}: this run is unconditional (trained without CONDITIONAL=1), it knows no "
+                        "classes; leave CLASS= out, or train a conditional run (make train CONDITIONAL=1)")
+    words = [word.strip() for word in text.split(",") if word.strip()]
+    if not words:
+        raise UserError(f"CLASS={text!r} names no class; this run's classes are {describe_classes(kinds)}")
+    row = null_labels([len(names) for _, names in kinds], 1)[0]
+    chosen = {}
+    for word in words:
+        k, c = find_class(word, kinds)
+        if k in chosen:
+            raise UserError(f"CLASS={text}: {kinds[k][1][chosen[k]]!r} and {kinds[k][1][c]!r} are both "
+                            f"{kinds[k][0]} classes; give at most one class of each kind ({describe_classes(kinds)})")
+        chosen[k] = row[k] = c
+    return row, [kinds[k][1][c] for k, c in sorted(chosen.items())]
+
+
+def parse_number(text: str, name: str, default: float, low: float, high: float, meaning: str) -> float:
+    """The value of a make variable such as STRENGTH=0.3 ("" gives ``default``); ``UserError`` for text
+    that is not a number or lies outside [low, high]. ``meaning``: what the value does, for the message."""
+    if text is None or not str(text).strip():
+        return float(default)
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"{name}={text!r} is not a number: {meaning}") from None
+    if not low <= value <= high:                 # NaN fails too
+        bounds = f"at least {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+        raise UserError(f"{name}={text}: it must be {bounds}; {meaning}")
+    return value
+
+
+def parse_guidance(text: str) -> float:
+    """GUIDANCE= as a number w >= 0 (left out: ``DEFAULT_GUIDANCE``)."""
+    return parse_number(text, "GUIDANCE", DEFAULT_GUIDANCE, 0.0, math.inf,
+                        f"give a guidance scale such as 2 (the default, lesson 13's measured choice); 0 ignores "
+                        "the class, 1 is the plain conditional model")
+
+
+def upright_size(data: bytes, size) -> tuple:
+    """(width, height) of a picture as shown: ``size`` as stored, swapped when its EXIF orientation turns it."""
+    import io
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    return (size[1], size[0]) if turned else tuple(size)
+
+
+def read_picture(path, image_size: int) -> tuple[np.ndarray, tuple]:
+    """One picture read as ``data.read_image_folder`` reads a training picture (decoded by content,
+    turned upright, RGB, centre-cropped square, resized to ``image_size``): (uint8 (S, S, 3), its
+    (width, height) as shown). ``UserError`` for a missing file, a folder or a file that is no picture."""
+    from .data import DEFAULT_MAX_PIXELS, _read_one, _Skip
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"IMAGE={path}: no such file; check the spelling, or give the full path of a PNG or JPEG picture")
+    if path.is_dir():
+        raise UserError(f"IMAGE={path} is a folder: give one picture file (PNG or JPEG)")
+    try:
+        data = path.read_bytes()
+        pixels, _, size = _read_one(data, image_size, min_size=1, max_pixels=DEFAULT_MAX_PIXELS)
+    except OSError as err:
+        raise UserError(f"IMAGE={path} cannot be read ({err.strerror}): check its permissions") from None
+    except _Skip as skip:
+        raise UserError(f"IMAGE={path} is not a picture that can be used ({skip}): give a PNG or JPEG file") from None
+    return pixels, upright_size(data, size)
+
+
+def read_mask(spec: str, image_size: int, picture, picture_size) -> tuple[np.ndarray, str]:
+    """(mask (S, S, 1) float32, 1 = keep and 0 = fill, its name for file names) for MASK=``spec``: a preset
+    of ``editing.MASK_PRESETS``, or a picture file of the size of ``picture`` (``picture_size``, as shown)
+    or of the run's (S x S): white keeps, black is filled, grey keeps above one half. A mask of the
+    picture's size is centre-cropped and resized as the picture was."""
+    from PIL import Image
+    from .data import _square_resize, _to_rgb
+    from .editing import MASK_PRESETS, mask_preset
+    presets = ", ".join(MASK_PRESETS)
+    if spec in MASK_PRESETS:
+        return mask_preset(spec, image_size), spec
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if path.suffix or "/" in spec or os.sep in spec:
+            raise UserError(f"MASK={spec}: no such file; give a PNG of the picture's size (white = keep, black = "
+                            f"fill) or a preset: {presets}")
+        raise UserError(f"MASK={spec!r} is not a mask preset: give one of {presets}, or a PNG file of the "
+                        "picture's size (white = keep, black = fill)")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            grey = _to_rgb(im).convert("L")
+    except Exception as err:  # noqa: BLE001 - not a picture, truncated, ...
+        raise UserError(f"MASK={path} is not a picture ({type(err).__name__}): give a PNG, white = keep, "
+                        f"black = fill, or a preset: {presets}") from None
+    w, h = picture_size
+    if grey.size == (w, h):
+        grey = _square_resize(grey, image_size)
+    elif grey.size != (image_size, image_size):
+        raise UserError(f"MASK={path} is {grey.size[0]}x{grey.size[1]} pixels, but IMAGE={picture} is {w}x{h} "
+                        f"and the run's pictures are {image_size}x{image_size}: draw the mask at one of these two "
+                        "sizes (white = keep, black = fill)")
+    mask = (np.asarray(grey, np.float32) / 255.0 > 0.5).astype(np.float32)[..., None]
+    if mask.min() == 1.0:
+        raise UserError(f"MASK={path} keeps every pixel (no black part at {image_size}x{image_size}): paint the "
+                        "part to fill black")
+    return mask, path.stem
+
+
+def editing_eps_fn(run):
+    """(eps_fn, schedule, settings, checkpoint name) for editing one picture at a time with a run's EMA
+    network: ``sampling.model_eps_fn`` with the run's prediction, or for a conditional run
+    ``guided_eps_fn`` asked for "no label" with w = 1 (the unconditional model). A flow-matching run
+    is refused (``editing.check_discrete``) with ``UserError``."""
+    from .blocks import null_labels
+    from .editing import check_discrete
+    from .sampling import guided_eps_fn, is_conditional, model_eps_fn
+    from .unet import label_classes
+    ema, schedule, saved, ckpt = load_ema_model(run)
+    prediction = saved["profile"].prediction
+    if is_conditional(ema):
+        eps_fn = guided_eps_fn(ema, schedule, prediction)
+        eps_fn.labels.assign(null_labels(label_classes(ema), 1))
+        eps_fn.guidance.assign(1.0)
+    else:
+        eps_fn = model_eps_fn(ema, schedule, prediction)
+    try:
+        check_discrete(eps_fn)
+    except ValueError as err:
+        raise UserError(f"{Path(run).name}: {err}") from None
+    return eps_fn, schedule, saved, ckpt
+
+
+def write_png(image, path, grayscale: bool = False) -> Path:
+    """One picture in [-1, 1] (H, W, 3) as a PNG file (grayscale: the mean of R, G, B)."""
+    from PIL import Image
+    from .data import from_unit_range
+    pixels = from_unit_range(image)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if grayscale:
+        Image.fromarray(np.round(pixels.mean(-1)).astype(np.uint8), "L").save(path)
+    else:
+        Image.fromarray(pixels, "RGB").save(path)
+    return path
+
+
+def _edit_inputs(run, image, num: int):
+    """(picture in [-1, 1] (1, S, S, 3), its size as shown, settings) after the checks every edit shares."""
+    from .data import to_unit_range
+    if not str(run).strip():
+        raise UserError("name a run folder: RUN=runs/<run> (a folder of make train)")
+    if not str(image).strip():
+        raise UserError("name a picture: IMAGE=path/to/picture.png")
+    if num < 1:
+        raise UserError(f"N={num}: ask for at least one picture")
+    saved = run_settings(run)
+    pixels, size = read_picture(image, saved["profile"].image_size)
+    if saved.get("grayscale"):                   # the network knows R = G = B only
+        pixels = np.repeat(np.round(pixels.mean(-1, keepdims=True)).astype(np.uint8), 3, -1)
+    return to_unit_range(pixels[None]), size, saved
+
+
+def edit_pngs(run, image, strength: float = EDIT_STRENGTH, seed: int = 0, num: int = EDITS_PER_PICTURE,
+              eta: float = 0.0, steps: int = EDIT_STEPS, out=None, progress: bool = True) -> list:
+    """SDEdit (lesson 16, ``editing.sdedit``) of one picture with a run's EMA network: ``num`` variants from
+    seeds ``seed`` .. ``seed + num - 1`` (one picture per call, so a seed gives its picture again whatever
+    ``num``), DDIM(``eta``) on ``steps`` steps at strength 1. Written to ``out`` (default ``<run>/edits/``)
+    as ``<stem>_strength<s>_seed<k>.png``, after ``<stem>_input.png``: the picture as the network sees it.
+    Returns the paths, the input first."""
+    from .editing import sdedit
+    if not 0.0 <= float(strength) <= 1.0:
+        raise UserError(f"STRENGTH={strength}: it must be in [0, 1] (0 gives the picture back, 1 a new sample)")
+    x, _, saved = _edit_inputs(run, image, num)
+    eps_fn, schedule, saved, ckpt = editing_eps_fn(run)
+    if progress:
+        print(f"SDEdit of {Path(image).name} at strength {strength:g} with {Path(run).name} ({ckpt}), "
+              f"DDIM eta = {eta:g}, seeds {seed} to {seed + num - 1} ...", flush=True)
+    edits = [sdedit(eps_fn, x, schedule, strength, steps=steps, eta=eta, seed=k)[0] for k in range(seed, seed + num)]
+    out, stem, gray = Path(out) if out else Path(run) / "edits", Path(image).stem, saved.get("grayscale", False)
+    paths = [write_png(x[0], out / f"{stem}_input.png", gray)]
+    return paths + [write_png(e, out / f"{stem}_strength{strength:g}_seed{k}.png", gray)
+                    for k, e in zip(range(seed, seed + num), edits)]
+
+
+def inpaint_pngs(run, image, mask: str, seed: int = 0, num: int = EDITS_PER_PICTURE,
+                 resample: int = INPAINT_RESAMPLE, eta: float = 1.0, steps: int = 0, jump: int = INPAINT_JUMP,
+                 out=None, progress: bool = True) -> list:
+    """Fill the hole of one picture (lesson 16, ``editing.inpaint``) with a run's EMA network: MASK=``mask``
+    (``read_mask``), ``num`` pictures from seeds ``seed`` .. ``seed + num - 1``. ``resample`` > 1 is RePaint
+    (default: 5 passes of every ``jump`` = 5 steps on ``INPAINT_STEPS`` = 20 steps, 80 network evaluations),
+    1 the plain replacement on ``PLAIN_INPAINT_STEPS`` = 50 steps (``steps`` > 0 sets the grid). Written to
+    ``out`` (default ``<run>/inpainted/``) as ``<stem>_<mask>_seed<k>.png``, after ``<stem>_<mask>_masked.png``
+    (the picture as the network sees it, the hole grey). The known pixels come back exactly. Returns the paths."""
+    from .data import to_unit_range
+    from .editing import MASK_PRESETS, inpaint
+    x, size, saved = _edit_inputs(run, image, num)
+    if not str(mask).strip():
+        raise UserError(f"name a mask: MASK={'|'.join(MASK_PRESETS)} or a PNG of the picture's size "
+                        "(white = keep, black = fill)")
+    if int(resample) < 1:
+        raise UserError(f"RESAMPLE={resample}: give 1 (plain replacement) or more (RePaint's passes, default "
+                        f"{INPAINT_RESAMPLE})")
+    keep, name = read_mask(mask, saved["profile"].image_size, image, size)
+    eps_fn, schedule, saved, ckpt = editing_eps_fn(run)
+    steps = int(steps) or (INPAINT_STEPS if resample > 1 else PLAIN_INPAINT_STEPS)
+    if progress:
+        how = f"RePaint, {resample} passes every {jump} steps" if resample > 1 else "replacement"
+        print(f"inpainting {Path(image).name} ({name}) with {Path(run).name} ({ckpt}): {how} on {steps} steps, "
+              f"seeds {seed} to {seed + num - 1} ...", flush=True)
+    filled = [inpaint(eps_fn, x, keep, schedule, steps=steps, eta=eta, seed=k, resample=int(resample), jump=jump)[0]
+              for k in range(seed, seed + num)]
+    out, stem, gray = Path(out) if out else Path(run) / "inpainted", Path(image).stem, saved.get("grayscale", False)
+    shown = np.where(keep > 0.5, x[0], to_unit_range(np.uint8(HOLE_GREY)))
+    paths = [write_png(shown, out / f"{stem}_{name}_masked.png", gray)]
+    return paths + [write_png(f, out / f"{stem}_{name}_seed{k}.png", gray) for k, f in zip(range(seed, seed + num), filled)]
 
 
 # ----------------------------------------------------------------------------- lesson 09 headless
@@ -520,6 +806,13 @@ class start_up_lines_discarded:
         os.dup2(self.saved, 2)
         os.close(self.saved)
         return False
+
+
+def import_tensorflow_quietly():
+    """Import TensorFlow with its start-up lines discarded (``start_up_lines_discarded``), so that a
+    command's first line on stderr is its own (e.g. its ``error:``)."""
+    with start_up_lines_discarded():
+        import tensorflow  # noqa: F401
 
 
 def execute_notebook(run, notebook=NOTEBOOK, progress: str = "") -> int:
@@ -621,6 +914,30 @@ def main(argv=None) -> int:
     g.add_argument("-n", "--num", type=int, default=100)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default=None, help="output folder (default: <run>/generated)")
+    g.add_argument("--class", dest="classes", default="",
+                   help="a conditional run: a class name of any kind, several of different kinds comma-separated "
+                        "(person-role,dark), or a number (a class of the first kind)")
+    g.add_argument("--guidance", default="", help=f"guidance scale w >= 0 with --class (default {DEFAULT_GUIDANCE:g}: "
+                                                  "lesson 13's measured choice, 82-87%% of samples of the class asked for)")
+    d = sub.add_parser("edit", help="SDEdit (lesson 16): N variants of a picture, drawn back from part-way noise")
+    d.add_argument("run", nargs="?", default="", help="a run folder, e.g. runs/20261126-101500-cpu-my-pictures")
+    d.add_argument("--image", default="", help="the picture (any size: centre-cropped and resized as in training)")
+    d.add_argument("--strength", default="", help=f"in [0, 1] (default {EDIT_STRENGTH:g}): 0 gives the picture back, "
+                                                  "1 a new sample")
+    d.add_argument("-n", "--num", type=int, default=EDITS_PER_PICTURE)
+    d.add_argument("--seed", type=int, default=0, help="the first seed (the variants use seed .. seed + N - 1)")
+    d.add_argument("--eta", default="", help="DDIM's eta in [0, 1] (default 0: deterministic given the seed)")
+    i = sub.add_parser("inpaint", help="fill a hole in a picture (lesson 16): RePaint with the run's network")
+    i.add_argument("run", nargs="?", default="", help="a run folder, e.g. runs/20261126-101500-cpu-my-pictures")
+    i.add_argument("--image", default="", help="the picture (any size: centre-cropped and resized as in training)")
+    i.add_argument("--mask", default="", help="a preset (left-half, centre-square, strokes) or a PNG of the "
+                                              "picture's size or the run's: white = keep, black = fill")
+    i.add_argument("-n", "--num", type=int, default=EDITS_PER_PICTURE)
+    i.add_argument("--seed", type=int, default=0, help="the first seed (the pictures use seed .. seed + N - 1)")
+    i.add_argument("--resample", default="", help=f"RePaint's passes (default {INPAINT_RESAMPLE}: on "
+                                                  f"{INPAINT_STEPS} steps, about 80 network evaluations); 1: plain "
+                                                  f"replacement on {PLAIN_INPAINT_STEPS} steps")
+    i.add_argument("--eta", default="", help="DDIM's eta in [0, 1] (default 1: fresh noise at every step)")
     args = p.parse_args(argv)
     try:
         if args.cmd == "prepare":
@@ -669,10 +986,34 @@ def main(argv=None) -> int:
             print(run)            # the notebook prints the folder's report and the plan
         elif args.cmd == "execute":
             return execute_notebook(args.run, progress=args.progress)
+        elif args.cmd == "edit":
+            import_tensorflow_quietly()
+            strength = parse_number(args.strength, "STRENGTH", EDIT_STRENGTH, 0.0, 1.0,
+                                    "give a number from 0 (the picture back) to 1 (a new sample), e.g. 0.5")
+            eta = parse_number(args.eta, "ETA", 0.0, 0.0, 1.0, "give DDIM's eta, 0 (the default) to 1")
+            paths = edit_pngs(args.run, args.image, strength, args.seed, args.num, eta)
+            print(f"wrote {paths[0].name} and {len(paths) - 1} edit{'s' * (len(paths) > 2)} to {paths[0].parent}")
+        elif args.cmd == "inpaint":
+            import_tensorflow_quietly()
+            resample = parse_number(args.resample, "RESAMPLE", INPAINT_RESAMPLE, 1, math.inf,
+                                    f"give RePaint's number of passes, e.g. {INPAINT_RESAMPLE} (1: plain replacement)")
+            if resample != int(resample):
+                raise UserError(f"RESAMPLE={args.resample}: give a whole number of passes, e.g. {INPAINT_RESAMPLE}")
+            eta = parse_number(args.eta, "ETA", 1.0, 0.0, 1.0, "give DDIM's eta, 0 to 1 (the default)")
+            paths = inpaint_pngs(args.run, args.image, args.mask, args.seed, args.num, int(resample), eta)
+            print(f"wrote {paths[0].name} and {len(paths) - 1} filled picture{'s' * (len(paths) > 2)} to "
+                  f"{paths[0].parent}")
         else:
             if args.num < 1:
                 raise UserError(f"N={args.num}: ask for at least one image")
-            paths = generate_pngs(args.run, args.num, args.seed, args.out)
+            if args.classes.strip() or args.guidance.strip():
+                import_tensorflow_quietly()             # plain generate: as before
+            guidance = parse_guidance(args.guidance)
+            if args.guidance.strip() and not args.classes.strip():
+                raise UserError(f"GUIDANCE={args.guidance} steers the pictures towards a class: give CLASS= too "
+                                "(a conditional run), or leave GUIDANCE= out")
+            paths = generate_pngs(args.run, args.num, args.seed, args.out, classes=args.classes.strip(),
+                                  guidance=guidance)
             print(f"wrote {len(paths)} PNG files to {paths[0].parent}")
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

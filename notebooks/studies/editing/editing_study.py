@@ -1,7 +1,7 @@
 """Lesson 16's measurements: SDEdit against strength, inpainting (replacement against RePaint's resampling),
 and the DDIM round trip, on the course's shipped reference network (v-prediction, the cpu profile).
 
-    .venv/bin/python notebooks/studies/editing/editing_study.py          # about 25 minutes on 2 CPU cores
+    .venv/bin/python notebooks/studies/editing/editing_study.py          # 35 minutes on 2 CPU cores (2026-12-07, shared)
 
 The protocol (lesson 11): n = 512, one ``ScoreReference`` for every contender (the real pictures split once
 into halves A and B with seed 0; every score is against half B), detail KID +- its standard error and SWD,
@@ -17,7 +17,7 @@ Inpainting's inputs are the same 512 pictures of half A with the centre square (
 is the course's SWD restricted to the hole: the 16 x 16 centre crops of the outputs against the crops of
 half B (pyramid levels 16 and 8), beside the unconditional samples' crops; "seam" is the mean |jump| between
 the pixel pairs that straddle the hole's edge (one inside, one outside), beside the real pictures' own.
-Writes results.json and examples.npz (a few pictures of every contender, uint8) beside this file.
+Writes results.json beside this file.
 """
 from __future__ import annotations
 
@@ -50,7 +50,6 @@ ROUND_TRIP_PICTURES = 64
 INPAINT = {"replacement, 50 steps": dict(steps=50, resample=1),
            "replacement, 80 steps": dict(steps=80, resample=1),
            "RePaint, 20 steps x 5": dict(steps=20, resample=5, jump=5)}
-EXAMPLES = 8
 
 
 def sketch(images, block: int = 4):
@@ -110,11 +109,9 @@ def main(quick=False):
     pictures = detail.a[:n]
     results = {"n": n, "seed": SEED, "network": "the shipped reference (cpu profile, v-prediction)",
                "floor": score(detail, detail.a[:n])}
-    examples = {"pictures": from_unit_range(pictures[:EXAMPLES])}
 
     # ---------------------------------------------------------------- SDEdit
     sketches = sketch(pictures)
-    examples["sketches"] = from_unit_range(sketches[:EXAMPLES])
     results["sdedit"] = {"steps": SDEDIT_STEPS, "strengths": list(STRENGTHS), "runs": {}}
     for eta in (0.0, 1.0):
         rows = []
@@ -127,7 +124,6 @@ def main(quick=False):
                    "distance_to_picture": float(np.abs(out - pictures).mean()),
                    "seconds": round(time.time() - t0, 1), **score(detail, out)}
             rows.append(row)
-            examples[f"sdedit eta={eta:g} s={s:g}"] = from_unit_range(out[:EXAMPLES])
             print(f"SDEdit eta={eta:g} strength {s:.1f}: distance {row['distance']:.3f}, detail KID "
                   f"{row['kid_x1e3']:.2f} +- {row['kid_se_x1e3']:.2f}, SWD {row['swd_x1e3']:.1f} ({row['seconds']} s)",
                   flush=True)
@@ -154,7 +150,6 @@ def main(quick=False):
                "seam": seam(out, mask), "known_pixels_exact": bool(np.array_equal(out[:, known], pictures[:, known])),
                **score(detail, out)}
         results["inpainting"]["contenders"][name] = row
-        examples[f"inpaint {name}"] = from_unit_range(out[:EXAMPLES])
         print(f"{name}: hole SWD {row['hole_swd_x1e3']:.1f}, seam {row['seam']:.3f} (real {results['inpainting']['seam_real']:.3f}), "
               f"detail KID {row['kid_x1e3']:.2f} +- {row['kid_se_x1e3']:.2f}", flush=True)
     c = results["inpainting"]["contenders"]
@@ -178,7 +173,6 @@ def main(quick=False):
                "worst_picture_mae": float(per_picture.max()), "median_picture_mae": float(np.median(per_picture)),
                "seconds": round(time.time() - t0, 1)}
         results["round_trip"]["rows"].append(row)
-        examples[f"round trip {k}"] = from_unit_range(np.clip(back[:EXAMPLES], -1, 1))
         print(f"round trip, {k} steps: mean |error| {row['mae']:.4f} ({row['mae_levels']:.1f} of 255 levels), "
               f"median picture {row['median_picture_mae']:.4f}, worst {row['worst_picture_mae']:.3f}", flush=True)
 
@@ -187,8 +181,7 @@ def main(quick=False):
         print(json.dumps({k: v for k, v in results.items() if k != "sdedit"}, indent=1)[:3000])
         return
     (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    np.savez_compressed(HERE / "examples.npz", **examples)
-    print(f"wrote results.json and examples.npz in {results['minutes']} min")
+    print(f"wrote results.json in {results['minutes']} min")
 
 
 if __name__ == "__main__":

@@ -3,21 +3,11 @@
 Kept beside the study whose results the lesson reads, so that the lesson's text and code can be edited
 as plain Python strings and the notebook rebuilt:  .venv/bin/python notebooks/studies/flow/build_lesson15.py
 """
+import sys
 from pathlib import Path
 
-import nbformat
-
-ROOT = Path(__file__).resolve().parents[3]
-cells = []
-
-
-def md(text):
-    cells.append(nbformat.v4.new_markdown_cell(text.strip("\n")))
-
-
-def code(text):
-    cells.append(nbformat.v4.new_code_cell(text.strip("\n")))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lesson_cells import code, md, write  # noqa: E402
 
 md(r"""
 # Lesson 15 — Flow matching: a straight path from noise to pictures
@@ -508,9 +498,4 @@ print("checks passed: path ends exact, target = derivative, u <-> v identity, ex
       "one Euler step of the reflowed field within 0.2 of the ODE's end (the first round's: beyond 0.8)")
 """)
 
-nb = nbformat.v4.new_notebook(cells=cells)
-nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-               "language_info": {"name": "python", "pygments_lexer": "ipython3"}}
-path = ROOT / "notebooks" / "15_flow_matching.ipynb"
-nbformat.write(nb, path)
-print(f"wrote {path.relative_to(ROOT)}")
+write("15_flow_matching.ipynb")

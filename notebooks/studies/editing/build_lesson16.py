@@ -158,8 +158,8 @@ print(f"{time.time() - t0:.1f} s")
 md(r"""
 Read a row from left to right. At $s = 0$ the sketch comes back as it went in; at $s = 0.2$ the blocks are
 smoothed and the first features show on them; from $s = 0.4$ a face or figure of the sketch's colours stands
-where the sketch had its colour masses; at $s = 1$ the sketch is forgotten and the row shows the seed's plain
-sample, another person. The
+where the sketch had its colour masses; at $s = 1$ the sketch is forgotten and the row shows the plain
+sample of the same starting noise, another person. The
 useful range is where the picture has become a picture of the kind the model knows but still has the
 sketch's layout. Try it on any picture of the folder, or upload one (it is centre-cropped and resized, as
 `make train` reads a folder):

@@ -264,6 +264,17 @@ class _Skip(Exception):
     pass
 
 
+def decode_picture(data: bytes, image_size: int, min_size: int = 1) -> tuple[np.ndarray, tuple]:
+    """One picture's bytes (a file's, an upload's) read as ``read_image_folder`` reads each file: decoded by
+    content, turned upright, RGB, centre-cropped square, resized to ``image_size``. Returns (uint8
+    (S, S, 3), its (width, height) as stored); a ValueError says why a file cannot be used."""
+    try:
+        pixels, _, size = _read_one(data, image_size, min_size, DEFAULT_MAX_PIXELS)
+    except _Skip as skip:
+        raise ValueError(str(skip)) from None
+    return pixels, size
+
+
 def read_image_folder(path, image_size: int, min_size: int = 16,
                       max_pixels: int = DEFAULT_MAX_PIXELS, drop_duplicates: bool = True):
     """Read every picture under ``path`` (sub-folders too, in sorted order).

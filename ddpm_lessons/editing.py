@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .sampling import (END, _noise_seed, ddim_invert, ddim_loop_step, ddim_sample, initial_noise, make_loop,
+from .sampling import (END, _noise_seed, _start, ddim_invert, ddim_loop_step, ddim_sample, initial_noise, make_loop,
                        run_loop, timestep_grid, timestep_sequence)
 from .flow import FlowMatching
 from .schedule import NoiseSchedule
@@ -28,6 +28,15 @@ MASK_PRESETS = ("left-half", "centre-square", "strokes")
 
 
 # ============================================================================ SDEdit
+
+def block_sketch(images, block: int = 4) -> np.ndarray:
+    """Each picture averaged over block x block squares and shown at full size: a mosaic of its colours, the
+    kind of coarse colour layout SDEdit starts from (lesson 16's inputs). (N, H, W, C) -> the same shape."""
+    x = np.asarray(images, np.float32)
+    n, h, w, c = x.shape
+    small = x.reshape(n, h // block, block, w // block, block, c).mean(axis=(2, 4))
+    return np.repeat(np.repeat(small, block, axis=1), block, axis=2)
+
 
 def check_discrete(eps_fn):
     """The edits here walk the discrete schedule's timesteps: a flow-matching network (lesson 15) is refused."""
@@ -186,8 +195,7 @@ def inpaint(eps_fn, images, mask, schedule: NoiseSchedule, steps: int = 50, eta:
     held_mask.assign(mask)
     run = make_loop(eps_fn, schedule, inpaint_loop_step(ddim_loop_step(float(eta)), known, held_mask),
                     ("inpaint", float(eta)), clip_x0=clip_x0, rank=x0.ndim)
-    a = float(schedule.alphas_cumprod[walk[0]])
-    x = np.sqrt(1.0 - a) * initial_noise(x0.shape, int(seed), schedule.T)
+    x = _start(x0.shape, seed, schedule, walk[0], None, tf.float32)       # ddim_sample's start for this seed
     return run_loop(run, x, walk, keys[None].astype(np.float32), seed).numpy()
 
 

@@ -442,21 +442,8 @@ def load_ema_model(run):
 
 
 def save_pngs(images, folder, prefix: str = "sample", grayscale: bool = False) -> list:
-    """Write images in [-1, 1] (N, H, W, 3) as ``folder/<prefix>_0000.png`` ...; returns the paths."""
-    from PIL import Image
-    from .data import from_unit_range
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    pixels = from_unit_range(images)
-    paths = []
-    for i, img in enumerate(pixels):
-        path = folder / f"{prefix}_{i:04d}.png"
-        if grayscale:
-            Image.fromarray(np.round(img.mean(-1)).astype(np.uint8), "L").save(path)
-        else:
-            Image.fromarray(img, "RGB").save(path)
-        paths.append(path)
-    return paths
+    """Write images in [-1, 1] (N, H, W, 3) as ``folder/<prefix>_0000.png`` ... (``write_png``); returns the paths."""
+    return [write_png(image, Path(folder) / f"{prefix}_{i:04d}.png", grayscale) for i, image in enumerate(images)]
 
 
 def generate_pngs(run, num_images: int = 100, seed: int = 0, out=None, progress: bool = True,
@@ -591,7 +578,7 @@ def read_picture(path, image_size: int) -> tuple[np.ndarray, tuple]:
     """One picture read as ``data.read_image_folder`` reads a training picture (decoded by content,
     turned upright, RGB, centre-cropped square, resized to ``image_size``): (uint8 (S, S, 3), its
     (width, height) as shown). ``UserError`` for a missing file, a folder or a file that is no picture."""
-    from .data import DEFAULT_MAX_PIXELS, _read_one, _Skip
+    from .data import decode_picture
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"IMAGE={path}: no such file; check the spelling, or give the full path of a PNG or JPEG picture")
@@ -599,10 +586,10 @@ def read_picture(path, image_size: int) -> tuple[np.ndarray, tuple]:
         raise UserError(f"IMAGE={path} is a folder: give one picture file (PNG or JPEG)")
     try:
         data = path.read_bytes()
-        pixels, _, size = _read_one(data, image_size, min_size=1, max_pixels=DEFAULT_MAX_PIXELS)
+        pixels, size = decode_picture(data, image_size, min_size=1)
     except OSError as err:
         raise UserError(f"IMAGE={path} cannot be read ({err.strerror}): check its permissions") from None
-    except _Skip as skip:
+    except ValueError as skip:
         raise UserError(f"IMAGE={path} is not a picture that can be used ({skip}): give a PNG or JPEG file") from None
     return pixels, upright_size(data, size)
 

@@ -35,7 +35,7 @@ and SWD).
 code(r"""
 from ddpm_lessons.profiles import get_profile, sampler_options   # import ddpm_lessons first: it quiets TF's start-up logs
 from ddpm_lessons import editing, plotting
-from ddpm_lessons.data import default_dataset_path, make_dataset, read_image_folder, to_unit_range
+from ddpm_lessons.data import decode_picture, default_dataset_path, make_dataset, read_image_folder, to_unit_range
 from ddpm_lessons.editing import (inpaint, inpaint_evaluations, interpolate_noise, interpolate_real, mask_preset,
                                   repaint_grid, round_trip, sdedit, slerp, strength_grid)
 from ddpm_lessons.sampling import ddim_sample, generate, model_eps_fn, timestep_grid
@@ -44,14 +44,13 @@ from ddpm_lessons.training import Trainer, TrainConfig
 from ddpm_lessons.unet import build_unet
 from ddpm_lessons.weights import load_reference_weights, reference_prediction
 
-import io, json, time
+import json, time
 from pathlib import Path
 import numpy as np
 import matplotlib.pyplot as plt
 from matplotlib import animation
 import ipywidgets as widgets
 from IPython.display import HTML, display
-from PIL import Image
 import keras
 import tensorflow as tf
 
@@ -137,12 +136,7 @@ coarse colour layout SDEdit was made for. Each row is one sketch, edited at risi
 """)
 
 code(r"""
-def sketch(images, block=4):
-    # each picture averaged over block x block squares and shown at full size (the study's inputs too)
-    n, h, w, c = images.shape
-    small = images.reshape(n, h // block, block, w // block, block, c).mean(axis=(2, 4))
-    return np.repeat(np.repeat(small, block, axis=1), block, axis=2).astype(np.float32)
-
+sketch = editing.block_sketch                         # each picture averaged over 4x4 blocks (the study's inputs too)
 STRENGTHS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 chosen = pictures[some(3, 120, 400, 700, 900)]                              # (5, H, W, 3)
 sketches = sketch(chosen)
@@ -176,11 +170,7 @@ out = widgets.Output()
 def chosen_picture():
     if upload.value:                                         # an uploaded file: read as make train reads one
         item = upload.value[0] if isinstance(upload.value, (tuple, list)) else next(iter(upload.value.values()))
-        img = Image.open(io.BytesIO(bytes(item["content"]))).convert("RGB")
-        side = min(img.size)
-        left, top = (img.width - side) // 2, (img.height - side) // 2
-        img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
-        x = to_unit_range(np.asarray(img)[None])
+        x = to_unit_range(decode_picture(bytes(item["content"]), size)[0][None])
     else:
         x = pictures[picker.value][None]
     return sketch(x) if as_sketch.value else x

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 from ddpm_lessons.data import default_dataset_path, from_unit_range, read_image_folder, to_unit_range  # noqa: E402
-from ddpm_lessons.editing import inpaint, inpaint_evaluations, mask_preset, round_trip, sdedit  # noqa: E402
+from ddpm_lessons.editing import block_sketch, inpaint, inpaint_evaluations, mask_preset, round_trip, sdedit  # noqa: E402
 from ddpm_lessons.metrics import (PROTOCOL_SAMPLES, ScoreReference, detail_feature_fn,  # noqa: E402
                                   paired_difference)
 from ddpm_lessons.profiles import get_profile  # noqa: E402
@@ -50,13 +50,6 @@ ROUND_TRIP_PICTURES = 64
 INPAINT = {"replacement, 50 steps": dict(steps=50, resample=1),
            "replacement, 80 steps": dict(steps=80, resample=1),
            "RePaint, 20 steps x 5": dict(steps=20, resample=5, jump=5)}
-
-
-def sketch(images, block: int = 4):
-    """Each picture averaged over block x block squares and shown at full size: a mosaic of its colours."""
-    n, h, w, c = images.shape
-    small = images.reshape(n, h // block, block, w // block, block, c).mean(axis=(2, 4))
-    return np.repeat(np.repeat(small, block, axis=1), block, axis=2).astype(np.float32)
 
 
 def batched(fn, inputs, **kw):
@@ -111,7 +104,7 @@ def main(quick=False):
                "floor": score(detail, detail.a[:n])}
 
     # ---------------------------------------------------------------- SDEdit
-    sketches = sketch(pictures)
+    sketches = block_sketch(pictures)
     results["sdedit"] = {"steps": SDEDIT_STEPS, "strengths": list(STRENGTHS), "runs": {}}
     for eta in (0.0, 1.0):
         rows = []

@@ -5,6 +5,7 @@ and writes nothing; the edits keep what they must keep, pixel for pixel.
 """
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -268,7 +269,9 @@ def test_inpaint_from_the_command_line_with_a_preset(capsys, place):
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not on PATH")
 def test_make_passes_the_new_variables_and_generate_without_class_is_unchanged():
     def commands(*args):
-        out = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True)
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}   # under make test
+        out = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=ROOT, capture_output=True, text=True,
+                             env=env)
         assert out.returncode == 0, out.stderr
         return " ".join(out.stdout.replace("\\\n", " ").split())
 

@@ -25,6 +25,7 @@ from .flow import FlowMatching
 from .schedule import NoiseSchedule
 
 MASK_PRESETS = ("left-half", "centre-square", "strokes")
+VISIT = 2 ** 20               # a noise key is start time + visit x VISIT (``repaint_grid``)
 
 
 # ============================================================================ SDEdit
@@ -110,8 +111,8 @@ def repaint_grid(grid, jump: int = 5, resample: int = 1):
     """RePaint's walk (Lugmayr et al. 2022, Sec. 4.2) on a decreasing ``grid`` (ending in END): down ``jump``
     steps, back up the same ``jump`` steps, down again, ``resample`` times in all, then on to the next
     ``jump`` steps; the last stretch (to the picture) is walked once. resample = 1 is ``grid`` itself.
-    Returns (times, keys) as int32: the walk, and per step a noise key that is the step's start time on
-    the first pass (as every sampler draws it) and differs on every later visit (fresh noise)."""
+    Returns (times, keys) as int32: the walk, and per step a noise key, start time + visit x 2^20: the start
+    time itself on the first visit (as every sampler draws it), another on every later visit (fresh noise)."""
     grid = [int(t) for t in grid]
     if resample < 1 or jump < 1:
         raise ValueError(f"resample = {resample}, jump = {jump}: both must be at least 1")
@@ -126,9 +127,16 @@ def repaint_grid(grid, jump: int = 5, resample: int = 1):
                 start = walk[-1]
                 n = visits.get(start, 0)
                 visits[start] = n + 1
-                keys.append(start + n * (2 ** 20))          # pass 0: the start time itself
+                keys.append(start + n * VISIT)              # visit 0: the start time itself
                 walk.append(t)
     return np.asarray(walk, np.int32), np.asarray(keys, np.int32)
+
+
+def key_rows(keys) -> np.ndarray:
+    """Noise keys as the loop's ``extra``: (2, K) float32 rows key mod VISIT and key // VISIT, both exact (a single
+    float32 holds whole numbers exactly only up to 2^24; RePaint's keys pass it from 8 visits on)."""
+    keys = np.asarray(keys, np.int64)
+    return np.stack([keys % VISIT, keys // VISIT]).astype(np.float32)
 
 
 def _inpaint_inputs(eps_fn):
@@ -147,10 +155,11 @@ def inpaint_loop_step(inner, known, mask):
     puts back the known pixels noised to level s with their own noise: m q(x_s | x0) + (1 - m) x_s, exactly
     the known pixels at s = END (``tf.where``: bit-exact). On a step up (s > t, RePaint's jump back) it noises
     x forwards: x_s = sqrt(abar_s / abar_t) x_t + sqrt(1 - abar_s / abar_t) z. ``ctx.extra[0]`` holds each
-    step's noise key (``repaint_grid``): visiting a time again draws fresh noise."""
+    step's noise key (``repaint_grid``) as two exact float32 rows, key mod VISIT and key // VISIT (one
+    float32 holds whole numbers exactly only up to 2^24): visiting a time again draws fresh noise."""
     def step(x, i, grid, ctx):
         t, s = grid[i], grid[i + 1]
-        key = tf.cast(ctx.extra[0, i], tf.int32)
+        key = tf.cast(ctx.extra[0, i], tf.int32) + tf.cast(ctx.extra[1, i], tf.int32) * VISIT
         draw = lambda k: tf.random.stateless_normal(tf.shape(x), seed=_noise_seed(ctx.seed, k), dtype=x.dtype)
         ctx.noise = lambda x_, t_: draw(key)                  # this visit's noise for the inner step
         keep = tf.cast(mask, x.dtype) > 0.5
@@ -196,7 +205,7 @@ def inpaint(eps_fn, images, mask, schedule: NoiseSchedule, steps: int = 50, eta:
     run = make_loop(eps_fn, schedule, inpaint_loop_step(ddim_loop_step(float(eta)), known, held_mask),
                     ("inpaint", float(eta)), clip_x0=clip_x0, rank=x0.ndim)
     x = _start(x0.shape, seed, schedule, walk[0], None, tf.float32)       # ddim_sample's start for this seed
-    return run_loop(run, x, walk, keys[None].astype(np.float32), seed).numpy()
+    return run_loop(run, x, walk, key_rows(keys), seed).numpy()
 
 
 def inpaint_evaluations(schedule: NoiseSchedule, steps: int, resample: int = 1, jump: int = 5) -> int:

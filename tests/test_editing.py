@@ -104,6 +104,11 @@ def test_repaint_grid_walks_down_and_back_and_draws_fresh_noise_on_revisits():
     # three full stretches of 3 steps, each walked 4 times down and 3 times up; the last stretch once
     assert np.sum(steps < 0) == 3 * 3 * 4 + 1 and np.sum(steps > 0) == 3 * 3 * 3
     assert len(set(keys.tolist())) == len(keys), "a time visited again must draw new noise"
+    _, big = repaint_grid(timestep_grid(COSINE, 50), jump=5, resample=20)      # keys beyond float32's 2^24
+    assert big.max() > 2 ** 24 and len(set(big.tolist())) == len(big)
+    rows = editing.key_rows(big)                                            # how the loop is given them
+    assert rows.dtype == np.float32
+    np.testing.assert_array_equal(rows[0].astype(np.int64) + rows[1].astype(np.int64) * editing.VISIT, big)
     first = {}
     for start, key in zip(walk[:-1], keys):
         first.setdefault(int(start), int(key))
@@ -155,7 +160,7 @@ def test_the_step_back_up_is_the_forward_process():
                     rank=2)
     x0, a_t, a_s = 0.7, COSINE.alphas_cumprod[t], COSINE.alphas_cumprod[s]
     x_t = np.sqrt(a_t) * x0 + np.sqrt(1 - a_t) * np.random.default_rng(0).standard_normal((20000, 2))
-    x_s = run_loop(run, x_t.astype(np.float32), np.array([t, s]), np.array([[t]], np.float32), 3).numpy()
+    x_s = run_loop(run, x_t.astype(np.float32), np.array([t, s]), np.array([[t], [0]], np.float32), 3).numpy()
     np.testing.assert_allclose(x_s.mean(), np.sqrt(a_s) * x0, atol=0.02)
     np.testing.assert_allclose(x_s.var(), 1 - a_s, atol=0.02)
 
